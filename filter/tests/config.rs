@@ -1,0 +1,80 @@
+//! Configuration parsing: defaults, and errors that name the key.
+
+use alpn_upgrade_filter::config::Config;
+use wasm_bindgen_test::wasm_bindgen_test;
+
+#[wasm_bindgen_test(unsupported = test)]
+fn absent_or_empty_configuration_means_the_defaults() {
+    let d = Config::default();
+    assert_eq!(Config::parse(b"").unwrap(), d);
+    assert_eq!(Config::parse(b"  \n").unwrap(), d);
+    assert_eq!(Config::parse(b"{}").unwrap(), d);
+    assert_eq!(d.upgrade_paths, ["/connectionupgrade"]);
+    assert_eq!(d.allowed_list(), "alpn, alpn-ping, websocket");
+    assert_eq!(d.duplicate_upgrade_header, "x-alpn-upgrade");
+    assert_eq!(d.client_addr_header, "x-alpn-client-addr");
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn every_key_is_accepted() {
+    let c = Config::parse(
+        br#"{"upgrade_paths": ["/a", "/b"], "allowed_types": ["ALPN"], "websocket_subprotocols": ["alpn"],
+            "duplicate_upgrade_header": "X-Dup", "client_addr_header": "X-Client", "trusted_hops": 1,
+            "allowed_sources": ["10.0.0.0/8", "192.0.2.1"], "rate_limit": {"upgrades": 5, "per_seconds": 60, "slots": 16}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.allowed_types, ["alpn"]);
+    assert_eq!(c.duplicate_upgrade_header, "x-dup");
+    assert_eq!(c.trusted_hops, 1);
+    assert_eq!(c.allowed_sources.unwrap().len(), 2);
+    assert_eq!(c.rate_limit.unwrap().slots, 16);
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn errors_name_the_key() {
+    for (json, key) in [
+        (r#"{"upgrade_path": ["/x"]}"#, "upgrade_path"),
+        (r#"{"upgrade_paths": ["x"]}"#, "upgrade_paths"),
+        (r#"{"upgrade_paths": []}"#, "upgrade_paths"),
+        (r#"{"allowed_types": ["al pn"]}"#, "allowed_types"),
+        (r#"{"allowed_types": ["alpn", "ALPN"]}"#, "allowed_types"),
+        (
+            r#"{"client_addr_header": "bad header"}"#,
+            "client_addr_header",
+        ),
+        (r#"{"allowed_sources": ["10.0.0.0/33"]}"#, "allowed_sources"),
+        (r#"{"trusted_hops": -1}"#, "\"trusted_hops\""),
+        (
+            r#"{"rate_limit": {"upgrades": "many", "per_seconds": 1}}"#,
+            "\"rate_limit.upgrades\"",
+        ),
+        (
+            r#"{"rate_limit": {"upgrades": 0, "per_seconds": 1}}"#,
+            "rate_limit.upgrades",
+        ),
+        (
+            r#"{"rate_limit": {"upgrades": 1, "per_second": 1}}"#,
+            "per_second",
+        ),
+    ] {
+        let err = Config::parse(json.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains(key), "{json}: {err:?} does not name {key}");
+    }
+}
+
+#[wasm_bindgen_test(unsupported = test)]
+fn a_value_of_the_wrong_type_is_refused() {
+    let err = Config::parse(br#"{"trusted_hops": -1}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid value: integer `-1`"), "{err}");
+    let err = Config::parse(br#"{"upgrade_paths": "/x"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"upgrade_paths\"") && err.contains("expected a sequence"),
+        "{err}"
+    );
+    let err = Config::parse(b"[1]").unwrap_err().to_string();
+    assert!(err.starts_with("invalid plugin configuration"), "{err}");
+}
