@@ -143,20 +143,19 @@ impl HttpContext for UpgradeHttp {
             return Action::Continue;
         };
         let config = &state.config;
-        let headers: Vec<(String, String)> = match hostcalls::get_map_bytes(
-            MapType::HttpRequestHeaders,
-        ) {
-            Ok(headers) => headers,
-            Err(status) => {
-                error!(
+        let headers: Vec<(String, String)> =
+            match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+                Ok(headers) => headers,
+                Err(status) => {
+                    error!(
                     "cannot read the request headers ({status:?}): passing the request untouched"
                 );
-                return Action::Continue;
+                    return Action::Continue;
+                }
             }
-        }
-        .into_iter()
-        .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
-        .collect();
+            .into_iter()
+            .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
         let header = |name: &str| {
             headers
                 .iter()

@@ -1,1 +1,42 @@
-//! placeholder
+//! Test harness for the end-to-end tests: a real Envoy started from the shipped
+//! bootstraps (with the test's ports and paths written in), stub upstreams on
+//! `127.0.0.1:0`, and a small raw HTTP/1.1 client that shows exactly what a
+//! client on the wire would see.
+
+pub mod envoy;
+pub mod http;
+pub mod stubs;
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A file that the build must have produced, with the command that produces it.
+pub fn built(relative: &str, how: &str) -> PathBuf {
+    let path = root().join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run `{how}` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// The Envoy binary installed by `make` into the project's virtualenv.
+pub fn envoy_bin() -> PathBuf {
+    built(".venv/bin/envoy", "make envoy")
+}
+
+/// The filter as Envoy loads it.
+pub fn filter_wasm() -> PathBuf {
+    built(
+        "target/wasm32-wasip1/wasm-release/alpn_upgrade_filter.wasm",
+        "make build",
+    )
+}

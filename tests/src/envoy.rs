@@ -1,0 +1,201 @@
+//! A real Envoy process started from one of the shipped bootstraps, with the
+//! test's ports and paths written in. Listeners and admin bind port 0; the bound
+//! ports are read back from the admin interface. Dropping it kills the process.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::http;
+
+/// How long Envoy may take to start (it compiles the Wasm module first).
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The text of a shipped bootstrap, being adapted for a test.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    name: String,
+    text: String,
+}
+
+impl Bootstrap {
+    /// Loads `envoy/<name>` and points it at the freshly built filter.
+    pub fn shipped(name: &str) -> Bootstrap {
+        let path = crate::root().join("envoy").join(name);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Bootstrap {
+            name: name.into(),
+            text,
+        }
+        .replace(
+            "/etc/envoy/alpn_upgrade_filter.wasm",
+            &crate::filter_wasm().display().to_string(),
+        )
+    }
+
+    /// Replaces `from`, which must occur exactly once, so that a bootstrap that
+    /// changed shape fails loudly instead of testing something else.
+    pub fn replace(mut self, from: &str, to: &str) -> Bootstrap {
+        let n = self.text.matches(from).count();
+        assert_eq!(
+            n, 1,
+            "{}: expected {from:?} once, found it {n} times",
+            self.name
+        );
+        self.text = self.text.replacen(from, to, 1);
+        self
+    }
+
+    /// Rewrites `port_value: <old>` (which must occur once) to `new`.
+    pub fn port(self, old: u16, new: u16) -> Bootstrap {
+        self.replace(
+            &format!("port_value: {old}}}"),
+            &format!("port_value: {new}}}"),
+        )
+    }
+
+    /// The adapted text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Writes the bootstrap into `dir` and returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(&self.name);
+        fs::write(&path, &self.text).expect("write the bootstrap");
+        path
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Child,
+    /// The admin interface.
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy on `bootstrap` (admin on port 0) and waits until it serves.
+    pub fn start(bootstrap: &Bootstrap) -> Envoy {
+        let bootstrap = bootstrap.clone().port(9901, 0);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let child = spawn(&bootstrap, dir.path(), &[]);
+        let admin_file = dir.path().join("admin.txt");
+        let started = Instant::now();
+        let mut envoy = Envoy {
+            child,
+            admin: "127.0.0.1:1".parse().unwrap(),
+            dir,
+        };
+        loop {
+            if let Some(status) = envoy.child.try_wait().expect("poll envoy") {
+                panic!(
+                    "envoy exited with {status} while starting:\n{}",
+                    envoy.log()
+                );
+            }
+            if let Some(addr) = fs::read_to_string(&admin_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                envoy.admin = addr;
+                if http::get(addr, "/ready").status == 200 {
+                    return envoy;
+                }
+            }
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "envoy not ready after {START_DEADLINE:?}:\n{}",
+                envoy.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs Envoy on `bootstrap` with `extra` arguments until it exits by itself
+    /// (a refused configuration, or `--mode validate`); returns status and log.
+    pub fn run_to_exit(bootstrap: &Bootstrap, extra: &[&str]) -> (ExitStatus, String) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut child = spawn(&bootstrap.clone().port(9901, 0), dir.path(), extra);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("poll envoy") {
+                return (
+                    status,
+                    fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default(),
+                );
+            }
+            if started.elapsed() > START_DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("envoy still running after {START_DEADLINE:?}; it should have exited");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The address a listener is bound to (the bootstrap gave it port 0).
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        let listeners = http::get(self.admin, "/listeners?format=json");
+        let json: serde_json::Value =
+            serde_json::from_slice(&listeners.body).expect("listeners JSON");
+        let status = json["listener_statuses"]
+            .as_array()
+            .and_then(|all| all.iter().find(|l| l["name"] == name))
+            .unwrap_or_else(|| panic!("no listener {name:?} in {json}"));
+        let sock = &status["local_address"]["socket_address"];
+        let port = sock["port_value"].as_u64().expect("bound port") as u16;
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The value of counter `name` on `/stats`.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let stats = http::get(self.admin, &format!("/stats?filter=^{name}$")).text();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(bootstrap: &Bootstrap, dir: &Path, extra: &[&str]) -> Child {
+    let config = bootstrap.write(dir);
+    Command::new(crate::envoy_bin())
+        .arg("-c")
+        .arg(&config)
+        .args([
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "2",
+            "-l",
+            "info",
+            "--component-log-level",
+            "wasm:debug",
+        ])
+        .arg("--admin-address-path")
+        .arg(dir.join("admin.txt"))
+        .args(extra)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // Envoy logs to stderr (`--mode validate` ignores --log-path).
+        .stderr(fs::File::create(dir.join("envoy.log")).expect("create the log file"))
+        .spawn()
+        .expect("start envoy")
+}
