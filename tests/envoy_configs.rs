@@ -6,22 +6,18 @@ use std::fs;
 use std::process::Command;
 
 use integration_tests::envoy::{Bootstrap, Envoy};
+use integration_tests::tls::ServerCert;
 
 const BOOTSTRAPS: [&str; 3] = ["behind-l7.yaml", "behind-l7-tls.yaml", "direct.yaml"];
 
 /// A bootstrap with the certificate paths pointing at a fresh rcgen certificate.
 fn with_test_certificate(name: &str, dir: &std::path::Path) -> Bootstrap {
-    let cert = rcgen::generate_simple_self_signed(vec!["envoy.test".into()]).expect("certificate");
-    let (pem, key) = (dir.join("server.pem"), dir.join("server.key"));
-    fs::write(&pem, cert.cert.pem()).unwrap();
-    fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
-    let mut b = Bootstrap::shipped(name);
+    let b = Bootstrap::shipped(name);
     if b.text().contains("/etc/envoy/tls/server.pem") {
-        b = b
-            .replace("/etc/envoy/tls/server.pem", &pem.display().to_string())
-            .replace("/etc/envoy/tls/server.key", &key.display().to_string());
+        b.certificate(&ServerCert::generate(dir))
+    } else {
+        b
     }
-    b
 }
 
 #[test]

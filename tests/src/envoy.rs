@@ -57,6 +57,12 @@ impl Bootstrap {
         )
     }
 
+    /// Points the TLS certificate paths at `cert`.
+    pub fn certificate(self, cert: &crate::tls::ServerCert) -> Bootstrap {
+        self.replace("/etc/envoy/tls/server.pem", &cert.pem.display().to_string())
+            .replace("/etc/envoy/tls/server.key", &cert.key.display().to_string())
+    }
+
     /// The adapted text.
     pub fn text(&self) -> &str {
         &self.text

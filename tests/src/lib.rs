@@ -6,6 +6,7 @@
 pub mod envoy;
 pub mod http;
 pub mod stubs;
+pub mod tls;
 
 use std::path::PathBuf;
 

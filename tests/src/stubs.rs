@@ -126,3 +126,17 @@ pub fn web() -> Stub {
         }
     })
 }
+
+/// A TCP server that records the first bytes each connection sends (as lossy
+/// text) and closes it: it shows what arrives when TLS is passed through.
+pub fn recorder() -> Stub {
+    serve(|mut conn, seen| {
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = conn.read(&mut buf).unwrap_or(0);
+        seen.lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    })
+}
