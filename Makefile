@@ -41,7 +41,7 @@ build: rust-setup
 test: setup lint unit wasm-test integration
 
 ## demo: the filter in a real Envoy, with stand-ins for the router and a web app.
-demo: setup build
+demo: rust-setup envoy build
 	cargo run --locked -q -p integration-tests --bin demo
 
 setup: rust-setup envoy wasm-test-runner
