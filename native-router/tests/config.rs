@@ -1,0 +1,154 @@
+//! Loading the router's TOML configuration: the issue's example shape loads with
+//! its meanings, and every kind of mistake is refused naming the key.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alpn_router::config::{Config, ConfigError};
+
+/// A directory with a server certificate, a CA, and `router.toml` holding `toml`.
+fn write(dir: &Path, toml: &str) -> PathBuf {
+    let server = rcgen::generate_simple_self_signed(vec!["router.test".into()]).unwrap();
+    fs::write(dir.join("server.pem"), server.cert.pem()).unwrap();
+    fs::write(dir.join("server.key"), server.signing_key.serialize_pem()).unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["clients-ca".into()]).unwrap();
+    fs::write(dir.join("clients-ca.pem"), ca.cert.pem()).unwrap();
+    let file = dir.join("router.toml");
+    fs::write(&file, toml).unwrap();
+    file
+}
+
+const EXAMPLE: &str = r#"
+[upgrade]
+listen = "127.0.0.1:9001"
+path = "/connectionupgrade"
+trusted_peers = ["127.0.0.1/32"]
+ping_interval = "30s"
+
+[direct]
+listen = "0.0.0.0:9443"
+
+[metrics]
+listen = "127.0.0.1:9090"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+
+[[route]]
+alpn = "postgresql"
+backend = "127.0.0.1:5432"
+client_ca = "clients-ca.pem"
+proxy_protocol = true
+
+[[route]]
+alpn = "redis"
+backend = "127.0.0.1:6379"
+"#;
+
+#[test]
+fn the_example_loads_with_its_meanings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::load(&write(dir.path(), EXAMPLE)).unwrap();
+    let upgrade = config.upgrade.as_ref().unwrap();
+    assert_eq!(upgrade.listen.to_string(), "127.0.0.1:9001");
+    assert_eq!(upgrade.path, "/connectionupgrade");
+    assert_eq!(upgrade.ping_interval, Duration::from_secs(30));
+    assert_eq!(upgrade.trusted_peers.len(), 1);
+    assert_eq!(config.direct.unwrap().to_string(), "0.0.0.0:9443");
+    assert_eq!(config.metrics.unwrap().to_string(), "127.0.0.1:9090");
+    assert_eq!(config.default_cert.chain.len(), 1);
+    assert_eq!(config.routes.len(), 2);
+    let pg = &config.routes[0];
+    assert_eq!(
+        (pg.alpn.as_str(), pg.backend.as_str(), pg.proxy_protocol),
+        ("postgresql", "127.0.0.1:5432", true)
+    );
+    assert_eq!(pg.client_ca.as_ref().map(Vec::len), Some(1));
+    assert!(config.routes[1].client_ca.is_none() && !config.routes[1].proxy_protocol);
+}
+
+#[test]
+fn every_mistake_names_its_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[upgrade]\nlisten = \"127.0.0.1:9001\"\n",
+            "[upgrade]\nlisten = \"127.0.0.1:9001\"\nbogus = 1\n",
+            "upgrade.bogus",
+        ),
+        (
+            "ping_interval = \"30s\"",
+            "ping_interval = \"thirty\"",
+            "upgrade.ping_interval",
+        ),
+        (
+            "listen = \"0.0.0.0:9443\"",
+            "listen = \"0.0.0.0\"",
+            "direct.listen",
+        ),
+        (
+            "trusted_peers = [\"127.0.0.1/32\"]",
+            "trusted_peers = [\"127.0.0.1/33\"]",
+            "upgrade.trusted_peers[0]",
+        ),
+        (
+            "cert = \"server.pem\"",
+            "cert = \"missing.pem\"",
+            "tls.cert",
+        ),
+        ("key = \"server.key\"", "key = \"server.pem\"", "tls.key"),
+        (
+            "client_ca = \"clients-ca.pem\"",
+            "client_ca = \"server.key\"",
+            "route[0].client_ca",
+        ),
+        (
+            "backend = \"127.0.0.1:6379\"",
+            "backend = \"127.0.0.1\"",
+            "route[1].backend",
+        ),
+        ("alpn = \"redis\"", "alpn = \"postgresql\"", "route[1].alpn"),
+        (
+            "proxy_protocol = true",
+            "proxy_protocol = \"yes\"",
+            "route[0].proxy_protocol",
+        ),
+    ];
+    for (from, to, key) in cases {
+        assert!(EXAMPLE.contains(from), "{from:?} is not in the example");
+        let dir = tempfile::tempdir().unwrap();
+        let err = Config::load(&write(dir.path(), &EXAMPLE.replacen(from, to, 1))).unwrap_err();
+        let shown = err.to_string();
+        match &err {
+            ConfigError::Syntax { key: k, .. } | ConfigError::Invalid { key: k, .. } => {
+                assert_eq!(k, key, "{to:?}: {shown}");
+            }
+            ConfigError::Read { .. } => panic!("{to:?}: {shown}"),
+        }
+        assert!(
+            shown.contains(&format!("{key:?}")) && shown.contains("router.toml"),
+            "{shown}"
+        );
+    }
+}
+
+#[test]
+fn a_file_with_nothing_to_listen_on_or_no_route_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = "[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n";
+    let err = Config::load(&write(
+        dir.path(),
+        &format!("{tls}[[route]]\nalpn = \"x\"\nbackend = \"h:1\"\n"),
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("nothing to listen on"), "{err}");
+    let err = Config::load(&write(
+        dir.path(),
+        &format!("[direct]\nlisten = \"127.0.0.1:1\"\n{tls}"),
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("at least one [[route]]"), "{err}");
+    let err = Config::load(&dir.path().join("absent.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+}
