@@ -5,4 +5,5 @@
 //! choice ([`route`]); the listeners, framings and the pipe follow.
 
 pub mod config;
+pub mod framing;
 pub mod route;

@@ -1,0 +1,271 @@
+//! The framings of PROTOCOL.md section 4, each a stream type that the inner TLS
+//! runs on: [`Framed`] is raw bytes for `alpn`, [`AlpnPingStream`] for
+//! `alpn-ping`, [`WebSocketStream`] for `websocket`. The router uses them as the
+//! server, `alpn-tunnel` as the client.
+//!
+//! Each is driven by one task (the tunnel's copy loop polls reads and writes from
+//! the same task); pings are sent from `poll_read`, which that loop always has
+//! pending, so a quiet tunnel is still pinged.
+
+pub mod alpn_ping;
+pub mod websocket;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+pub use alpn_ping::AlpnPingStream;
+pub use websocket::WebSocketStream;
+
+/// Which end of the tunnel a framing runs at (WebSocket masks client frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `alpn-tunnel`.
+    Client,
+    /// The router.
+    Server,
+}
+
+/// The WebSocket subprotocols of PROTOCOL.md section 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subprotocol {
+    /// Plain: pings are answered, not sent.
+    Alpn,
+    /// The server sends a WebSocket Ping every ping interval.
+    AlpnPing,
+}
+
+impl Subprotocol {
+    /// The token in `Sec-WebSocket-Protocol`.
+    pub fn token(self) -> &'static str {
+        match self {
+            Subprotocol::Alpn => "alpn",
+            Subprotocol::AlpnPing => "alpn-ping",
+        }
+    }
+
+    /// The subprotocol a token names (case-insensitive).
+    pub fn from_token(token: &str) -> Option<Subprotocol> {
+        [Subprotocol::Alpn, Subprotocol::AlpnPing].into_iter().find(|s| s.token().eq_ignore_ascii_case(token))
+    }
+}
+
+/// How an upgraded stream is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Upgrade: alpn`: raw bytes.
+    Alpn,
+    /// `Upgrade: alpn-ping`: length-prefixed frames, zero-length ones are pings.
+    AlpnPing,
+    /// `Upgrade: websocket` with a subprotocol.
+    WebSocket(Subprotocol),
+}
+
+impl Framing {
+    /// The `Upgrade` token.
+    pub fn upgrade_token(self) -> &'static str {
+        match self {
+            Framing::Alpn => "alpn",
+            Framing::AlpnPing => "alpn-ping",
+            Framing::WebSocket(_) => "websocket",
+        }
+    }
+
+    /// The name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Framing::Alpn => "alpn",
+            Framing::AlpnPing => "alpn-ping",
+            Framing::WebSocket(Subprotocol::Alpn) => "websocket",
+            Framing::WebSocket(Subprotocol::AlpnPing) => "websocket-ping",
+        }
+    }
+
+    /// Whether this end sends pings: the server on `alpn-ping` and WebSocket
+    /// with subprotocol `alpn-ping`; the client likewise (it keeps the load
+    /// balancer's idle timer from both sides).
+    pub fn pings(self) -> bool {
+        matches!(self, Framing::AlpnPing | Framing::WebSocket(Subprotocol::AlpnPing))
+    }
+}
+
+/// An upgraded stream in its framing; bytes already read past the HTTP head
+/// (`leftover`) are the first bytes of the framed stream.
+pub enum Framed<S> {
+    /// `alpn`.
+    Raw(Prefixed<S>),
+    /// `alpn-ping`.
+    AlpnPing(AlpnPingStream<Prefixed<S>>),
+    /// `websocket`.
+    WebSocket(WebSocketStream<Prefixed<S>>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+    /// Frames `inner` as `framing` for `role`, pinging every `ping_interval`
+    /// where the framing pings. Must be called inside a tokio runtime.
+    pub fn new(framing: Framing, role: Role, inner: S, leftover: Vec<u8>, ping_interval: Duration) -> Framed<S> {
+        let inner = Prefixed::new(inner, leftover);
+        let ping = framing.pings().then_some(ping_interval);
+        match framing {
+            Framing::Alpn => Framed::Raw(inner),
+            Framing::AlpnPing => Framed::AlpnPing(AlpnPingStream::new(inner, ping)),
+            Framing::WebSocket(_) => Framed::WebSocket(WebSocketStream::new(inner, role, ping)),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Framed::Raw($s) => $e,
+            Framed::AlpnPing($s) => $e,
+            Framed::WebSocket($s) => $e,
+        }
+    };
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Framed<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Framed<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// A stream whose first bytes were already read (past the HTTP head).
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `prefix` is returned by reads before anything from `inner`.
+    pub fn new(inner: S, prefix: Vec<u8>) -> Prefixed<S> {
+        Prefixed { prefix, pos: 0, inner }
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The ping timer of a framing: due every period, starting one period from now.
+pub(crate) struct Pinger {
+    interval: Option<Interval>,
+}
+
+impl Pinger {
+    pub(crate) fn new(period: Option<Duration>) -> Pinger {
+        let interval = period.filter(|p| !p.is_zero()).map(|p| {
+            let mut i = tokio::time::interval_at(Instant::now() + p, p);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
+        Pinger { interval }
+    }
+
+    /// Whether a ping is due; registers the task to be woken at the next one.
+    pub(crate) fn poll_due(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.interval {
+            Some(i) => i.poll_tick(cx).is_ready(),
+            None => false,
+        }
+    }
+}
+
+/// Reads from `inner` into at most `max` bytes of `buf`; returns how many.
+pub(crate) fn poll_read_limited<S: AsyncRead + Unpin>(
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+    max: usize,
+) -> Poll<io::Result<usize>> {
+    let want = max.min(buf.remaining());
+    let mut limited = ReadBuf::new(buf.initialize_unfilled_to(want));
+    match Pin::new(inner).poll_read(cx, &mut limited) {
+        Poll::Ready(Ok(())) => {
+            let n = limited.filled().len();
+            buf.advance(n);
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Reads exactly `dst.len()` bytes over as many polls as it takes: `filled` is
+/// how many are already in. `Ok(false)` is a clean EOF before the first byte.
+pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    dst: &mut [u8],
+    filled: &mut usize,
+) -> Poll<io::Result<bool>> {
+    while *filled < dst.len() {
+        let mut rb = ReadBuf::new(&mut dst[*filled..]);
+        match Pin::new(&mut *inner).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    if *filled == 0 {
+                        return Poll::Ready(Ok(false));
+                    }
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tunnel closed inside a frame header")));
+                }
+                *filled += n;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Ready(Ok(true))
+}
