@@ -1,9 +1,21 @@
 //! The native router: it answers the upgrades Envoy approves, runs the inner TLS
-//! handshake and dispatches the stream to the backend chosen by ALPN.
+//! handshake and dispatches the stream to the backend chosen by ALPN
+//! (PROTOCOL.md sections 2 to 5 and 7).
 //!
-//! Being built in its issue: so far the configuration ([`config`]) and the route
-//! choice ([`route`]); the listeners, framings and the pipe follow.
+//! - [`config`]: the TOML file, validated at load; [`client`]: the client end.
+//! - [`upgrade`]: the HTTP upgrade handshake, server and client side.
+//! - [`framing`]: `alpn`, `alpn-ping` and WebSocket framing.
+//! - [`tls`]: the inner TLS, the route chosen from the ClientHello ([`route`]).
+//! - [`tunnel`]: dialing the backend (with [`proxy_protocol`]) and the pipe.
+//! - [`server`]: listeners, connection cap, reload and drain; [`metrics`].
 
+pub mod client;
 pub mod config;
 pub mod framing;
+pub mod metrics;
+pub mod proxy_protocol;
 pub mod route;
+pub mod server;
+pub mod tls;
+pub mod tunnel;
+pub mod upgrade;

@@ -53,7 +53,8 @@ impl<S: AsyncWrite + Unpin> AlpnPingStream<S> {
     /// Writes out the header in progress; `Ready(Ok)` once none is.
     fn poll_header(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.write_header_pos < 4 {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.write_header[self.write_header_pos..]))?;
+            let n = ready!(Pin::new(&mut self.inner)
+                .poll_write(cx, &self.write_header[self.write_header_pos..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -77,7 +78,11 @@ impl<S: AsyncWrite + Unpin> AlpnPingStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for AlpnPingStream<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pinger.poll_due(cx) {
             this.ping_pending = true;
@@ -103,7 +108,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for AlpnPingStream<S> {
                 this.read_remaining -= n as u64;
                 return Poll::Ready(Ok(()));
             }
-            if !ready!(poll_fill(&mut this.inner, cx, &mut this.read_header, &mut this.read_header_len))? {
+            if !ready!(poll_fill(
+                &mut this.inner,
+                cx,
+                &mut this.read_header,
+                &mut this.read_header_len
+            ))? {
                 return Poll::Ready(Ok(()));
             }
             this.read_header_len = 0;
@@ -113,7 +123,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for AlpnPingStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AlpnPingStream<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
@@ -163,7 +177,9 @@ mod tests {
         b.read_exact(&mut wire).await.unwrap();
         assert_eq!(&wire, b"\0\0\0\x05hello");
 
-        b.write_all(b"\0\0\0\0\0\0\0\x03abc\0\0\0\0\0\0\0\x02de").await.unwrap();
+        b.write_all(b"\0\0\0\0\0\0\0\x03abc\0\0\0\0\0\0\0\x02de")
+            .await
+            .unwrap();
         drop(b);
         let mut got = Vec::new();
         framed.read_to_end(&mut got).await.unwrap();

@@ -50,7 +50,9 @@ impl Subprotocol {
 
     /// The subprotocol a token names (case-insensitive).
     pub fn from_token(token: &str) -> Option<Subprotocol> {
-        [Subprotocol::Alpn, Subprotocol::AlpnPing].into_iter().find(|s| s.token().eq_ignore_ascii_case(token))
+        [Subprotocol::Alpn, Subprotocol::AlpnPing]
+            .into_iter()
+            .find(|s| s.token().eq_ignore_ascii_case(token))
     }
 }
 
@@ -89,7 +91,10 @@ impl Framing {
     /// with subprotocol `alpn-ping`; the client likewise (it keeps the load
     /// balancer's idle timer from both sides).
     pub fn pings(self) -> bool {
-        matches!(self, Framing::AlpnPing | Framing::WebSocket(Subprotocol::AlpnPing))
+        matches!(
+            self,
+            Framing::AlpnPing | Framing::WebSocket(Subprotocol::AlpnPing)
+        )
     }
 }
 
@@ -107,7 +112,13 @@ pub enum Framed<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Frames `inner` as `framing` for `role`, pinging every `ping_interval`
     /// where the framing pings. Must be called inside a tokio runtime.
-    pub fn new(framing: Framing, role: Role, inner: S, leftover: Vec<u8>, ping_interval: Duration) -> Framed<S> {
+    pub fn new(
+        framing: Framing,
+        role: Role,
+        inner: S,
+        leftover: Vec<u8>,
+        ping_interval: Duration,
+    ) -> Framed<S> {
         let inner = Prefixed::new(inner, leftover);
         let ping = framing.pings().then_some(ping_interval);
         match framing {
@@ -129,13 +140,21 @@ macro_rules! delegate {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Framed<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         delegate!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Framed<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 
@@ -158,7 +177,11 @@ pub struct Prefixed<S> {
 impl<S> Prefixed<S> {
     /// `prefix` is returned by reads before anything from `inner`.
     pub fn new(inner: S, prefix: Vec<u8>) -> Prefixed<S> {
-        Prefixed { prefix, pos: 0, inner }
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
     }
 
     /// The underlying stream.
@@ -168,7 +191,11 @@ impl<S> Prefixed<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.pos < self.prefix.len() {
             let n = buf.remaining().min(self.prefix.len() - self.pos);
             let start = self.pos;
@@ -185,7 +212,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -213,12 +244,16 @@ impl Pinger {
         Pinger { interval }
     }
 
-    /// Whether a ping is due; registers the task to be woken at the next one.
+    /// Whether a ping is due; registers the task to be woken at the next one
+    /// (the interval is polled until it is pending, which arms its timer).
     pub(crate) fn poll_due(&mut self, cx: &mut Context<'_>) -> bool {
-        match &mut self.interval {
-            Some(i) => i.poll_tick(cx).is_ready(),
-            None => false,
+        let mut due = false;
+        if let Some(i) = &mut self.interval {
+            while i.poll_tick(cx).is_ready() {
+                due = true;
+            }
         }
+        due
     }
 }
 
@@ -259,7 +294,10 @@ pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
                     if *filled == 0 {
                         return Poll::Ready(Ok(false));
                     }
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tunnel closed inside a frame header")));
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the tunnel closed inside a frame header",
+                    )));
                 }
                 *filled += n;
             }

@@ -1,0 +1,122 @@
+//! `alpn-router`: serve a configuration, or check one without serving.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use alpn_router::config::Config;
+use alpn_router::server::{self, route_label, Listeners, Router};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use log::{error, info};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The ALPN router: answers tunnel upgrades from Envoy (and direct TLS), runs the
+/// inner TLS handshake and dispatches each stream to the backend of its ALPN.
+///
+/// Signals: SIGHUP reloads routes and certificates (a bad file is refused and the
+/// old configuration stays); SIGTERM or Ctrl-C stop accepting and drain live
+/// tunnels for up to `limits.drain_grace`. Logs: RUST_LOG (default info).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configuration until SIGTERM or Ctrl-C.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the configuration (and every certificate it names), then exit.
+    Check {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match Cli::parse().command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => serve(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    server::Generation::new(config)
+        .map(|g| {
+            let c = &g.config;
+            println!("{}: ok", path.display());
+            if let Some(u) = &c.upgrade {
+                println!(
+                    "  upgrade listener {} on {} (pings every {})",
+                    u.listen,
+                    u.path,
+                    humantime::format_duration(u.ping_interval)
+                );
+            }
+            if let Some(d) = c.direct {
+                println!("  direct TLS listener {d}");
+            }
+            if let Some(m) = c.metrics {
+                println!("  metrics listener {m}");
+            }
+            for r in &c.routes {
+                let cert = if r.client_ca.is_some() {
+                    ", client certificate required"
+                } else {
+                    ""
+                };
+                let pp = if r.proxy_protocol { ", PROXY v2" } else { "" };
+                println!("  route {} -> {}{cert}{pp}", route_label(r), r.backend);
+            }
+        })
+        .with_context(|| format!("{}: the TLS configuration cannot be built", path.display()))
+}
+
+fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let config = Config::load(&path)?;
+        let listeners = Listeners::bind(&config).await?;
+        let router = Router::new(config).context("building the TLS configuration")?;
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let reloader = router.clone();
+        let reload_path = path.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                info!("SIGHUP: reloading {}", reload_path.display());
+                match Config::load(&reload_path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|c| Ok(reloader.reload(c)?))
+                {
+                    Ok(()) => {}
+                    Err(e) => error!("reload refused, keeping the old configuration: {e:#}"),
+                }
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = terminate.recv() => info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => info!("Ctrl-C received"),
+            }
+        };
+        server::run(router, listeners, shutdown).await;
+        Ok(())
+    })
+}

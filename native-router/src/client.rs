@@ -1,0 +1,51 @@
+//! The client end of a tunnel: the upgrade request and its framing over an
+//! established connection, then the inner TLS. `alpn-tunnel` and the tests use it.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::client::TlsStream;
+
+use crate::framing::{Framed, Framing, Role};
+use crate::upgrade::{self, AnswerError};
+
+/// Sends the upgrade request for `framing` on `stream` and returns the stream in
+/// that framing once the server switched protocols.
+pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    framing: Framing,
+    host: &str,
+    path: &str,
+    ping_interval: Duration,
+) -> Result<Framed<S>, AnswerError> {
+    let (request, key) = upgrade::client_request(framing, host, path);
+    stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
+    let leftover = upgrade::read_answer(&mut stream, framing, key.as_deref()).await?;
+    Ok(Framed::new(
+        framing,
+        Role::Client,
+        stream,
+        leftover,
+        ping_interval,
+    ))
+}
+
+/// Runs the inner TLS handshake as `server_name` with `config` (its ALPN list,
+/// roots and client certificate).
+pub async fn inner_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+) -> io::Result<TlsStream<S>> {
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{server_name:?}: {e}"))
+    })?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+}

@@ -1,0 +1,233 @@
+//! The inner TLS (PROTOCOL.md section 5): read the ClientHello first, choose the
+//! route from its ALPN list and SNI, then finish the handshake with exactly that
+//! route's ALPN and client-certificate policy. No route: the handshake fails with
+//! the `no_application_protocol` alert. Also the TLS client configurations the
+//! router uses towards backends that want TLS.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::config::{CertKey, Config, Route};
+use crate::route;
+
+/// The crypto provider (ring: builds with a C compiler alone).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A fatal `no_application_protocol` alert record, sent in the clear before any
+/// handshake message (RFC 8446 section 6; alert 120).
+const NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x78];
+
+/// Server certificates by SNI, with a default.
+#[derive(Debug)]
+struct SniCerts {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let named = hello
+            .server_name()
+            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()));
+        Some(named.unwrap_or(&self.default).clone())
+    }
+}
+
+/// The server configurations, one per route, built once per configuration load.
+pub struct InnerTls {
+    per_route: Vec<Arc<ServerConfig>>,
+}
+
+impl fmt::Debug for InnerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InnerTls({} routes)", self.per_route.len())
+    }
+}
+
+fn certified(provider: &CryptoProvider, ck: &CertKey) -> Result<Arc<CertifiedKey>, rustls::Error> {
+    let key = provider.key_provider.load_private_key(ck.key.clone_key())?;
+    Ok(Arc::new(CertifiedKey::new(ck.chain.clone(), key)))
+}
+
+impl InnerTls {
+    /// Builds every route's server configuration.
+    pub fn new(config: &Config) -> Result<InnerTls, rustls::Error> {
+        let provider = provider();
+        let mut by_name = HashMap::new();
+        for (name, ck) in &config.sni_certs {
+            by_name.insert(name.clone(), certified(&provider, ck)?);
+        }
+        let certs = Arc::new(SniCerts {
+            by_name,
+            default: certified(&provider, &config.default_cert)?,
+        });
+        let per_route = config
+            .routes
+            .iter()
+            .map(|r| server_config(&provider, certs.clone(), r))
+            .collect::<Result<_, _>>()?;
+        Ok(InnerTls { per_route })
+    }
+}
+
+fn server_config(
+    provider: &Arc<CryptoProvider>,
+    certs: Arc<SniCerts>,
+    route: &Route,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &route.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(cas) => {
+            let mut roots = RootCertStore::empty();
+            for ca in cas {
+                roots.add(ca.clone())?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(certs);
+    config.alpn_protocols = vec![route.alpn.as_bytes().to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What the ClientHello and the handshake established.
+#[derive(Debug, Clone, Default)]
+pub struct Handshake {
+    /// The SNI the client sent.
+    pub sni: Option<String>,
+    /// The ALPN protocols the client offered, in its order.
+    pub offered: Vec<String>,
+    /// The index of the chosen route.
+    pub route: usize,
+}
+
+/// Why the inner handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// No offered protocol has a route; `no_application_protocol` was sent.
+    #[error("no route for ALPN {offered:?} (SNI {sni:?})")]
+    NoRoute {
+        /// What the client offered.
+        offered: Vec<String>,
+        /// The SNI it sent.
+        sni: Option<String>,
+    },
+    /// The ClientHello could not be read or was not TLS.
+    #[error("bad ClientHello: {0}")]
+    Hello(io::Error),
+    /// The handshake itself failed (bad or missing client certificate, ...).
+    #[error("handshake failed for route {route}: {error}")]
+    Handshake {
+        /// The route's ALPN.
+        route: String,
+        /// What rustls reported.
+        error: io::Error,
+    },
+}
+
+impl HandshakeError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::NoRoute { .. } => "no_route",
+            HandshakeError::Hello(_) => "bad_client_hello",
+            HandshakeError::Handshake { error, .. } => {
+                match error
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<rustls::Error>())
+                {
+                    Some(rustls::Error::NoCertificatesPresented) => "client_certificate_missing",
+                    Some(rustls::Error::InvalidCertificate(_)) => "client_certificate_invalid",
+                    Some(rustls::Error::AlertReceived(_)) => "alert_received",
+                    _ => "handshake",
+                }
+            }
+        }
+    }
+}
+
+/// Runs the inner handshake on `io` and returns the stream and what was chosen.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    tls: &InnerTls,
+    routes: &[Route],
+) -> Result<(TlsStream<S>, Handshake), HandshakeError> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+        .await
+        .map_err(HandshakeError::Hello)?;
+    let hello = start.client_hello();
+    let sni = hello.server_name().map(str::to_string);
+    let offered_raw: Vec<&[u8]> = hello.alpn().map(|it| it.collect()).unwrap_or_default();
+    let offered: Vec<String> = offered_raw
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let chosen = route::choose(routes, sni.as_deref(), &offered_raw)
+        .and_then(|r| routes.iter().position(|x| std::ptr::eq(x, r)));
+    let Some(index) = chosen else {
+        let mut io = start.io;
+        let _ = io.write_all(&NO_APPLICATION_PROTOCOL).await;
+        let _ = io.shutdown().await;
+        return Err(HandshakeError::NoRoute { offered, sni });
+    };
+    let stream = start
+        .into_stream(tls.per_route[index].clone())
+        .await
+        .map_err(|error| HandshakeError::Handshake {
+            route: routes[index].alpn.clone(),
+            error,
+        })?;
+    Ok((
+        stream,
+        Handshake {
+            sni,
+            offered,
+            route: index,
+        },
+    ))
+}
+
+/// A TLS client configuration trusting `cas`, offering `alpn` (may be empty),
+/// with an optional client certificate.
+pub fn client_config(
+    cas: &[rustls::pki_types::CertificateDer<'static>],
+    alpn: &[&str],
+    client_cert: Option<&CertKey>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone())?;
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_webpki_verifier(verifier);
+    let mut config = match client_cert {
+        Some(ck) => builder.with_client_auth_cert(ck.chain.clone(), ck.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,291 @@
+//! The tunnel: dial the route's backend (with a deadline, the optional PROXY v2
+//! header and optional TLS), then copy both directions until both are done. An
+//! EOF from one side becomes a write shutdown towards the other (TLS sends its
+//! `close_notify`), so half-closed protocols lose no byte.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::Route;
+use crate::proxy_protocol;
+use crate::tls;
+
+/// Any stream a tunnel can carry.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Why a backend could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// No connection within the deadline.
+    #[error("connecting to {backend} timed out after {after:?}")]
+    Timeout {
+        /// The backend.
+        backend: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// Resolving or connecting failed (refused, unreachable, unknown host).
+    #[error("connecting to {backend}: {error}")]
+    Connect {
+        /// The backend.
+        backend: String,
+        /// The error.
+        error: io::Error,
+    },
+    /// The TLS handshake with the backend failed.
+    #[error("TLS to {backend}: {error}")]
+    Tls {
+        /// The backend.
+        backend: String,
+        /// The error.
+        error: io::Error,
+    },
+}
+
+/// Connects to `route`'s backend for a client at `client` that reached the
+/// router at `local`.
+pub async fn dial(
+    route: &Route,
+    client: SocketAddr,
+    local: SocketAddr,
+    deadline: Duration,
+) -> Result<Box<dyn Io>, DialError> {
+    let backend = route.backend.clone();
+    let work = async {
+        let mut tcp =
+            TcpStream::connect(&route.backend)
+                .await
+                .map_err(|error| DialError::Connect {
+                    backend: backend.clone(),
+                    error,
+                })?;
+        let _ = tcp.set_nodelay(true);
+        if route.proxy_protocol {
+            tcp.write_all(&proxy_protocol::header(client, local))
+                .await
+                .map_err(|error| DialError::Connect {
+                    backend: backend.clone(),
+                    error,
+                })?;
+        }
+        let Some(btls) = &route.backend_tls else {
+            return Ok(Box::new(tcp) as Box<dyn Io>);
+        };
+        let tls_err = |error: io::Error| DialError::Tls {
+            backend: backend.clone(),
+            error,
+        };
+        let config =
+            tls::client_config(&btls.ca, &[], None).map_err(|e| tls_err(io::Error::other(e)))?;
+        let name =
+            ServerName::try_from(btls.sni.clone()).map_err(|e| tls_err(io::Error::other(e)))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(tls_err)?;
+        Ok(Box::new(stream) as Box<dyn Io>)
+    };
+    match tokio::time::timeout(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => Err(DialError::Timeout {
+            backend,
+            after: deadline,
+        }),
+    }
+}
+
+/// How long a closing connection is read and discarded, so that bytes still in
+/// flight from the peer do not make the kernel answer with a reset (which would
+/// destroy data the peer has not read yet, such as a refusal or the end of a tunnel).
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// A lingering close of `socket` (a second descriptor of a connection whose
+/// other handles are gone): send FIN if not sent, then read and discard until
+/// EOF, at most [`LINGER`] and 1 MiB.
+pub async fn linger(socket: std::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let Ok(mut socket) = TcpStream::from_std(socket) else {
+        return;
+    };
+    let drain = async {
+        let mut scratch = [0u8; 4096];
+        let mut total = 0usize;
+        while total < 1 << 20 {
+            match socket.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// How a tunnel ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both sides finished.
+    Closed,
+    /// No byte either way for the route's idle timeout.
+    Idle(Duration),
+    /// A read or write failed (a reset, a TLS or framing error).
+    Error(io::Error),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => write!(f, "both sides closed"),
+            End::Idle(t) => write!(f, "idle for {}", humantime::format_duration(*t)),
+            End::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+/// What a tunnel carried and why it ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Bytes from the client to the backend.
+    pub to_backend: u64,
+    /// Bytes from the backend to the client.
+    pub to_client: u64,
+    /// Why it ended.
+    pub end: End,
+}
+
+/// Copies between `client` and `backend` until both directions are done, the
+/// tunnel is idle for `idle`, or an error ends it.
+pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    backend: Box<dyn Io>,
+    idle: Option<Duration>,
+) -> Outcome {
+    let activity = Arc::new(Activity::new());
+    let mut client = Metered {
+        inner: client,
+        activity: activity.clone(),
+        count: Count::ToBackend,
+    };
+    let mut backend = Metered {
+        inner: backend,
+        activity: activity.clone(),
+        count: Count::ToClient,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
+    let end = match idle {
+        None => match copy.await {
+            Ok(_) => End::Closed,
+            Err(e) => End::Error(e),
+        },
+        Some(limit) => {
+            tokio::pin!(copy);
+            loop {
+                let deadline = activity.last() + limit;
+                tokio::select! {
+                    result = &mut copy => break match result { Ok(_) => End::Closed, Err(e) => End::Error(e) },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        if activity.last() + limit <= Instant::now() {
+                            break End::Idle(limit);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Outcome {
+        to_backend: activity.to_backend.load(Ordering::Relaxed),
+        to_client: activity.to_client.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+/// Byte counts and the time of the last byte, shared by both sides' meters.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    to_backend: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            to_backend: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Count {
+    ToBackend,
+    ToClient,
+}
+
+/// Counts what is read from the stream it wraps and notes the time.
+struct Metered<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    count: Count,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            let counter = match self.count {
+                Count::ToBackend => &self.activity.to_backend,
+                Count::ToClient => &self.activity.to_client,
+            };
+            counter.fetch_add(n, Ordering::Relaxed);
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

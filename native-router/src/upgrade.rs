@@ -1,0 +1,459 @@
+//! The upgrade handshake of PROTOCOL.md sections 2 and 3, both ends.
+//!
+//! Server: read the request head under a size cap, validate it with the same
+//! decision function the Envoy filter uses (so the router is safe when reached
+//! without the filter), and answer 101 or the refusal of section 3.
+//! Client: build the request and check the 101.
+
+use std::io;
+use std::net::IpAddr;
+
+use alpn_upgrade_filter::config::Config as Rules;
+use alpn_upgrade_filter::decision::{decide, Refusal, RefusalKind, Verdict};
+use alpn_upgrade_filter::rate_limit::MemoryStore;
+use alpn_upgrade_filter::request::Request;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::framing::{Framing, Subprotocol};
+
+/// The largest request head the router reads.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// The most header lines in a request head.
+const MAX_HEADERS: usize = 64;
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// An accepted upgrade: how to frame the stream, and what came with it.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The framing chosen.
+    pub framing: Framing,
+    /// The `X-Alpn-Client-Addr` value, if the request had a parseable one.
+    pub client_addr: Option<IpAddr>,
+    /// Bytes after the head: the start of the framed stream.
+    pub leftover: Vec<u8>,
+}
+
+/// Why an upgrade request was not accepted. Every variant has been answered
+/// (or, for I/O errors, could not be) by the time it is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// The request was refused with this status and reason.
+    #[error("refused {status}: {reason}")]
+    Refused {
+        /// The status sent.
+        status: u16,
+        /// The one-line reason sent as the body.
+        reason: String,
+    },
+    /// The connection closed before a whole request head arrived.
+    #[error("closed before a complete request head ({0} bytes read)")]
+    Closed(usize),
+    /// Reading or writing failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads and answers one upgrade request on `path`.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+) -> Result<Accepted, UpgradeError> {
+    let mut buf = Vec::with_capacity(1024);
+    let head_len = loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => break n,
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => {
+                return refuse(
+                    stream,
+                    431,
+                    "too many header lines in the upgrade request",
+                    &[],
+                )
+                .await;
+            }
+            Err(e) => {
+                return refuse(stream, 400, &format!("malformed HTTP request: {e}"), &[]).await
+            }
+        }
+        if buf.len() >= MAX_HEAD {
+            return refuse(
+                stream,
+                431,
+                &format!("the upgrade request head is larger than {MAX_HEAD} bytes"),
+                &[],
+            )
+            .await;
+        }
+        let mut chunk = [0u8; 2048];
+        let want = chunk.len().min(MAX_HEAD + 1 - buf.len());
+        let n = stream.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(UpgradeError::Closed(buf.len()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(&buf[..head_len])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let header_list: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let request = Request {
+        method: req.method.unwrap_or(""),
+        path: req.path.unwrap_or(""),
+        headers: &header_list,
+    };
+    let rules = Rules {
+        upgrade_paths: vec![path.to_string()],
+        ..Rules::default()
+    };
+    let approval = match decide(&request, &rules, None, &mut MemoryStore::default(), 0) {
+        Verdict::Approve(a) => a,
+        Verdict::Refuse(r) => return refuse_with(stream, &r).await,
+        Verdict::Pass => {
+            return refuse(
+                stream,
+                404,
+                &format!("not found: this listener serves upgrades on {path} only"),
+                &[],
+            )
+            .await
+        }
+    };
+    let framing = match (
+        approval.upgrade_type.as_str(),
+        approval.subprotocol.as_deref(),
+    ) {
+        ("alpn", _) => Framing::Alpn,
+        ("alpn-ping", _) => Framing::AlpnPing,
+        (_, Some(s)) => Framing::WebSocket(Subprotocol::from_token(s).unwrap_or(Subprotocol::Alpn)),
+        (other, None) => {
+            return refuse(
+                stream,
+                426,
+                &format!("upgrade type {other:?} is not served here"),
+                &[],
+            )
+            .await;
+        }
+    };
+    let mut answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {}\r\n",
+        framing.upgrade_token()
+    );
+    if let Framing::WebSocket(sub) = framing {
+        let key = request.single("sec-websocket-key").unwrap_or_default();
+        answer.push_str(&format!(
+            "Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {}\r\n",
+            accept_key(key),
+            sub.token()
+        ));
+    }
+    answer.push_str("\r\n");
+    stream.write_all(answer.as_bytes()).await?;
+    stream.flush().await?;
+    let client_addr = request
+        .single(&rules.client_addr_header)
+        .and_then(alpn_upgrade_filter::client_addr::parse_addr);
+    Ok(Accepted {
+        framing,
+        client_addr,
+        leftover: buf[head_len..].to_vec(),
+    })
+}
+
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 section 4.2.2).
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WEBSOCKET_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+async fn refuse_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    r: &Refusal,
+) -> Result<Accepted, UpgradeError> {
+    let extra: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    refuse(stream, r.kind.status() as u16, &r.reason, &extra).await
+}
+
+/// Answers with `status` and a one-line `text/plain` reason, then shuts down
+/// the write side.
+pub async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    reason: &str,
+    headers: &[(&str, &str)],
+) -> Result<Accepted, UpgradeError> {
+    let body = format!("{reason}\n");
+    let mut answer = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    for (name, value) in headers {
+        answer.push_str(&format!("{name}: {value}\r\n"));
+    }
+    answer.push_str("\r\n");
+    answer.push_str(&body);
+    // The refusal is what matters; a client that already left cannot read it.
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    Err(UpgradeError::Refused {
+        status,
+        reason: reason.to_string(),
+    })
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// The status PROTOCOL.md gives a refusal kind, for callers that count them.
+pub fn refusal_status(kind: RefusalKind) -> u16 {
+    kind.status() as u16
+}
+
+/// The client's side: the request for `framing` to `host` on `path`, and the
+/// WebSocket key it carries (to check the answer with).
+pub fn client_request(framing: Framing, host: &str, path: &str) -> (String, Option<String>) {
+    let token = framing.upgrade_token();
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {token}\r\nX-Alpn-Upgrade: {token}\r\n"
+    );
+    let mut key = None;
+    if let Framing::WebSocket(sub) = framing {
+        let mut raw = [0u8; 16];
+        // A predictable key only weakens a cache-poisoning defence meant for
+        // browsers; still, use the system's randomness when it is there.
+        let _ = getrandom::fill(&mut raw);
+        let k = base64::engine::general_purpose::STANDARD.encode(raw);
+        req.push_str(&format!(
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Protocol: {}\r\n",
+            sub.token()
+        ));
+        key = Some(k);
+    }
+    req.push_str("\r\n");
+    (req, key)
+}
+
+/// What the server answered instead of switching protocols.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// A status other than 101, with the body's first line.
+    #[error("the server answered {status}: {reason}")]
+    Status {
+        /// The status.
+        status: u16,
+        /// The reason from the body (PROTOCOL.md's text/plain line), or the reason phrase.
+        reason: String,
+    },
+    /// A 101 that does not match the request.
+    #[error("the server switched protocols wrongly: {0}")]
+    BadSwitch(String),
+    /// The answer was not HTTP or too large.
+    #[error("not an HTTP answer: {0}")]
+    Malformed(String),
+    /// Reading failed or the connection closed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads the answer to `client_request`; on a 101, returns the bytes after the head.
+pub async fn read_answer<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    framing: Framing,
+    key: Option<&str>,
+) -> Result<Vec<u8>, AnswerError> {
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp
+            .parse(&buf)
+            .map_err(|e| AnswerError::Malformed(e.to_string()))?
+        {
+            httparse::Status::Complete(n) => {
+                let status = resp.code.unwrap_or(0);
+                let find = |name: &str| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+                };
+                if status != 101 {
+                    let len: usize = find("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                        .min(4096);
+                    let mut body = buf[n..].to_vec();
+                    while body.len() < len {
+                        let mut chunk = [0u8; 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => body.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&body[..body.len().min(len)])
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let reason = if text.is_empty() {
+                        resp.reason.unwrap_or("").to_string()
+                    } else {
+                        text
+                    };
+                    return Err(AnswerError::Status { status, reason });
+                }
+                let upgrade = find("upgrade").unwrap_or_default();
+                if !upgrade.eq_ignore_ascii_case(framing.upgrade_token()) {
+                    return Err(AnswerError::BadSwitch(format!(
+                        "asked for {}, got Upgrade: {upgrade:?}",
+                        framing.upgrade_token()
+                    )));
+                }
+                if let (Framing::WebSocket(sub), Some(key)) = (framing, key) {
+                    if find("sec-websocket-accept").as_deref() != Some(accept_key(key).as_str()) {
+                        return Err(AnswerError::BadSwitch("wrong Sec-WebSocket-Accept".into()));
+                    }
+                    let chosen = find("sec-websocket-protocol").unwrap_or_default();
+                    if !chosen.eq_ignore_ascii_case(sub.token()) {
+                        return Err(AnswerError::BadSwitch(format!(
+                            "subprotocol {chosen:?} instead of {}",
+                            sub.token()
+                        )));
+                    }
+                }
+                return Ok(buf[n..].to_vec());
+            }
+            httparse::Status::Partial if buf.len() >= MAX_HEAD => {
+                return Err(AnswerError::Malformed(format!(
+                    "answer head larger than {MAX_HEAD} bytes"
+                )));
+            }
+            httparse::Status::Partial => {}
+        }
+        let mut chunk = [0u8; 2048];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(AnswerError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before answering the upgrade",
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_key_of_rfc_6455() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    async fn exchange(request: &[u8]) -> (Result<Accepted, UpgradeError>, String) {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(request).await.unwrap();
+        let result = accept(&mut server, "/connectionupgrade").await;
+        drop(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        (result, answer)
+    }
+
+    #[tokio::test]
+    async fn each_framing_is_accepted_and_the_client_agrees() {
+        for framing in [
+            Framing::Alpn,
+            Framing::AlpnPing,
+            Framing::WebSocket(Subprotocol::AlpnPing),
+        ] {
+            let (req, key) = client_request(framing, "router.test", "/connectionupgrade");
+            let mut bytes = req.into_bytes();
+            bytes.extend_from_slice(b"\x16\x03\x01early");
+            let (result, answer) = exchange(&bytes).await;
+            let accepted = result.unwrap();
+            assert_eq!(accepted.framing, framing);
+            assert_eq!(
+                accepted.leftover, b"\x16\x03\x01early",
+                "bytes after the head belong to the tunnel"
+            );
+            let mut reader = answer.as_bytes();
+            assert!(read_answer(&mut reader, framing, key.as_deref())
+                .await
+                .unwrap()
+                .is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_status_and_reason() {
+        for (request, status, text) in [
+            ("POST /connectionupgrade HTTP/1.1\r\nHost: r\r\n\r\n", 405, "method POST"),
+            ("GET /connectionupgrade HTTP/1.1\r\nHost: r\r\n\r\n", 426, "only accepts connection upgrades"),
+            ("GET /elsewhere HTTP/1.1\r\nHost: r\r\nConnection: upgrade\r\nUpgrade: alpn\r\n\r\n", 404, "not an upgrade path"),
+            ("GET /connectionupgrade HTTP/1.1\r\nHost: r\r\nConnection: upgrade\r\nUpgrade: alpn\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "must not have a body"),
+            ("GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+        ] {
+            let (result, answer) = exchange(request.as_bytes()).await;
+            assert!(matches!(result, Err(UpgradeError::Refused { status: s, .. }) if s == status), "{request:?}: {result:?}");
+            assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")) && answer.contains(text), "{answer}");
+            let mut reader = answer.as_bytes();
+            match read_answer(&mut reader, Framing::Alpn, None).await {
+                Err(AnswerError::Status { status: s, reason }) => assert!(s == status && reason.contains(text), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_head_gets_431() {
+        let mut request = b"GET /connectionupgrade HTTP/1.1\r\n".to_vec();
+        while request.len() <= MAX_HEAD {
+            request.extend_from_slice(
+                b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+            );
+        }
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        client.write_all(&request).await.unwrap();
+        let result = accept(&mut server, "/connectionupgrade").await;
+        assert!(
+            matches!(result, Err(UpgradeError::Refused { status: 431, .. })),
+            "{result:?}"
+        );
+    }
+}

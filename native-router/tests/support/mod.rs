@@ -1,0 +1,340 @@
+//! Harness for the router's end-to-end tests: a PKI made with rcgen at test time,
+//! the real `alpn-router` binary on port-0 listeners (addresses read from its log),
+//! backends on loopback, and a client that tunnels through any framing.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use alpn_router::client;
+use alpn_router::config::CertKey;
+use alpn_router::framing::Framing;
+use alpn_router::tls::client_config;
+use alpn_router::tunnel::Io;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream as AsyncTcp;
+
+/// How long any wait in a test may take.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Certificates for a test: the router's, a client's, and a stranger's.
+pub struct Pki {
+    /// Holds the PEM files the router's configuration names.
+    pub dir: tempfile::TempDir,
+    /// The CA that signed the router's certificate (clients trust it).
+    pub server_ca: CertificateDer<'static>,
+    /// A client certificate signed by `clients-ca.pem`.
+    pub client: CertKey,
+    /// A client certificate from another CA.
+    pub stranger: CertKey,
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn leaf(
+    names: &[&str],
+    cn: &str,
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+) -> (String, String, CertKey) {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let cert = params.signed_by(&key, issuer).unwrap();
+    let ck = CertKey {
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    };
+    (cert.pem(), key.serialize_pem(), ck)
+}
+
+impl Pki {
+    /// A fresh PKI, written as `server.pem`, `server.key`, `clients-ca.pem`.
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let server_ca = ca("router test CA");
+        let (pem, key, _) = leaf(
+            &["router.test", "db.router.test"],
+            "router.test",
+            &server_ca,
+        );
+        std::fs::write(dir.path().join("server.pem"), pem).unwrap();
+        std::fs::write(dir.path().join("server.key"), key).unwrap();
+        let clients_ca = ca("clients CA");
+        std::fs::write(dir.path().join("clients-ca.pem"), clients_ca.pem()).unwrap();
+        let (_, _, client) = leaf(&[], "alice", &clients_ca);
+        let (_, _, stranger) = leaf(&[], "mallory", &ca("another CA"));
+        Pki {
+            dir,
+            server_ca: server_ca.der().clone(),
+            client,
+            stranger,
+        }
+    }
+
+    /// A path inside the PKI directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A router configuration with all three listeners on port 0 and `routes`.
+pub fn config(routes: &str) -> String {
+    format!(
+        r#"
+[upgrade]
+listen = "127.0.0.1:0"
+trusted_peers = ["127.0.0.1/32"]
+ping_interval = "30s"
+
+[direct]
+listen = "127.0.0.1:0"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[limits]
+header_timeout = "2s"
+handshake_timeout = "5s"
+connect_timeout = "2s"
+drain_grace = "10s"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+
+{routes}
+"#
+    )
+}
+
+/// The `alpn-router` binary serving a configuration.
+pub struct RouterProcess {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    config: PathBuf,
+    /// The upgrade listener.
+    pub upgrade: SocketAddr,
+    /// The direct TLS listener.
+    pub direct: SocketAddr,
+    /// The metrics listener.
+    pub metrics: SocketAddr,
+}
+
+impl RouterProcess {
+    /// Writes `toml` as `router.toml` into `dir` and serves it.
+    pub fn start(dir: &Path, toml: &str) -> RouterProcess {
+        let config = dir.join("router.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_alpn-router"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start alpn-router");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut router = RouterProcess {
+            child,
+            log,
+            config,
+            upgrade: unbound(),
+            direct: unbound(),
+            metrics: unbound(),
+        };
+        router.upgrade = router.listener("upgrade");
+        router.direct = router.listener("direct");
+        router.metrics = router.listener("metrics");
+        router
+    }
+
+    fn listener(&mut self, kind: &str) -> SocketAddr {
+        let needle = format!("{kind} listener on ");
+        let line = self.wait_for(&needle);
+        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// Everything the router logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "alpn-router exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no log line {needle:?} within {DEADLINE:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (`HUP`, `TERM`) to the router.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Replaces the configuration file (for a reload).
+    pub fn rewrite(&self, toml: &str) {
+        std::fs::write(&self.config, toml).unwrap();
+    }
+
+    /// Waits for the router to exit; returns whether it exited cleanly.
+    pub fn wait_exit(&mut self) -> bool {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "alpn-router still running:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A GET on the metrics listener.
+    pub fn get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.metrics).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unbound() -> SocketAddr {
+    "0.0.0.0:0".parse().unwrap()
+}
+
+/// A backend on loopback: each connection runs `handler` in its own thread.
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What the handlers recorded.
+    pub seen: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+/// Starts a backend whose handler gets the connection and a record to push to.
+pub fn backend(handler: fn(TcpStream, &Mutex<Vec<Vec<u8>>>)) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let record = seen.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let record = record.clone();
+            thread::spawn(move || handler(conn, &record));
+        }
+    });
+    Backend { addr, seen }
+}
+
+/// Echoes until EOF, then closes its write side.
+pub fn echo(mut conn: TcpStream, _: &Mutex<Vec<Vec<u8>>>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+}
+
+/// Opens a tunnel to `alpns` through `framing` (or directly when `None`),
+/// trusting the PKI's server CA; returns the stream and the negotiated ALPN.
+pub async fn tunnel(
+    pki: &Pki,
+    addr: SocketAddr,
+    framing: Option<Framing>,
+    alpns: &[&str],
+    cert: Option<&CertKey>,
+) -> std::io::Result<(Box<dyn Io>, Option<String>)> {
+    let config = client_config(std::slice::from_ref(&pki.server_ca), alpns, cert).unwrap();
+    let tcp = AsyncTcp::connect(addr).await?;
+    match framing {
+        None => {
+            let tls = client::inner_tls(tcp, config, "router.test").await?;
+            let alpn = tls
+                .get_ref()
+                .1
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            Ok((Box::new(tls), alpn))
+        }
+        Some(f) => {
+            let framed = client::upgrade(
+                tcp,
+                f,
+                "router.test",
+                "/connectionupgrade",
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(std::io::Error::other)?;
+            let tls = client::inner_tls(framed, config, "router.test").await?;
+            let alpn = tls
+                .get_ref()
+                .1
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            Ok((Box::new(tls), alpn))
+        }
+    }
+}
