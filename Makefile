@@ -80,7 +80,8 @@ lint: rust-setup
 	cargo clippy --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release -- -D warnings
 	python3 envoy/render.py --check
 
-unit: rust-setup
+# Unit tests, and the router's end-to-end tests (one of them through Envoy).
+unit: build envoy
 	$(CARGO_TEST) --workspace --exclude integration-tests
 
 wasm-test: wasm-test-runner

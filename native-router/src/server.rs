@@ -229,23 +229,6 @@ async fn accept_loop(
 ) {
     let mut at_cap = false;
     loop {
-        // The metrics listener must answer even when the cap is reached.
-        let permit = if kind == Kind::Metrics {
-            None
-        } else {
-            if router.cap.available_permits() == 0 && !at_cap {
-                warn!(
-                    "connection cap of {} reached: new {} connections wait for a free place",
-                    router.max_connections,
-                    kind.name()
-                );
-            }
-            at_cap = router.cap.available_permits() == 0;
-            tokio::select! {
-                p = router.cap.clone().acquire_owned() => match p { Ok(p) => Some(p), Err(_) => return },
-                _ = stop.changed() => return,
-            }
-        };
         let (socket, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -257,6 +240,26 @@ async fn accept_loop(
                 }
             },
             _ = stop.changed() => return,
+        };
+        // Accepted first, then a place under the cap: listeners sharing the cap
+        // never hold places while idle. The metrics listener is outside the cap,
+        // so it answers even when the cap is reached.
+        let permit = if kind == Kind::Metrics {
+            None
+        } else {
+            let full = router.cap.available_permits() == 0;
+            if full && !at_cap {
+                warn!(
+                    "connection cap of {} reached: new {} connections wait for a free place",
+                    router.max_connections,
+                    kind.name()
+                );
+            }
+            at_cap = full;
+            tokio::select! {
+                p = router.cap.clone().acquire_owned() => match p { Ok(p) => Some(p), Err(_) => return },
+                _ = stop.changed() => return,
+            }
         };
         let router = router.clone();
         tokio::spawn(async move {
@@ -418,6 +421,9 @@ async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin>(
     debug!("conn {id} peer={peer} client={client} listener={listener} framing={} sni={sni} alpn={} route={label} backend={}: tunnel open", conn.framing, route.alpn, route.backend);
     let mut tls = tls;
     let outcome = tunnel::pipe(&mut tls, backend, route.idle_timeout).await;
+    // An idle or failed tunnel still ends with TLS close_notify, so the client
+    // sees a clean close rather than a truncation.
+    let _ = timeout(tunnel::LINGER, tls.shutdown()).await;
     let duration = started.elapsed();
     router
         .metrics

@@ -623,3 +623,66 @@ fn check_validates_without_serving() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_after_the_routes_idle_timeout() {
+    let pki = Pki::new();
+    let a = backend(echo);
+    let mut router = RouterProcess::start(
+        pki.dir.path(),
+        &config(&format!(
+            "[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\nidle_timeout = \"1s\"\n",
+            a.addr
+        )),
+    );
+    let (mut s, _) = tunnel(&pki, router.direct, None, &["redis"], None)
+        .await
+        .unwrap();
+    s.write_all(b"hi").await.unwrap();
+    let mut back = [0u8; 2];
+    s.read_exact(&mut back).await.unwrap();
+    let mut rest = Vec::new();
+    timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("closed by the router")
+        .unwrap();
+    let line = router.wait_for("ended: idle for 1s");
+    assert!(
+        line.contains("route=redis") && line.contains("to_backend=2"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_makes_new_connections_wait_and_says_so() {
+    let pki = std::sync::Arc::new(Pki::new());
+    let a = backend(echo);
+    let toml = config(&format!(
+        "[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\n",
+        a.addr
+    ))
+    .replace("[limits]\n", "[limits]\nmax_connections = 1\n");
+    let mut router = RouterProcess::start(pki.dir.path(), &toml);
+    let (first, _) = tunnel(&pki, router.direct, None, &["redis"], None)
+        .await
+        .unwrap();
+    let pki2 = pki.clone();
+    let direct = router.direct;
+    let second = tokio::spawn(async move {
+        tunnel(&pki2, direct, None, &["redis"], None)
+            .await
+            .map(|(_, alpn)| alpn)
+    });
+    router.wait_for("connection cap of 1 reached: new direct connections wait for a free place");
+    assert!(
+        !second.is_finished(),
+        "the second connection must wait while the first is open"
+    );
+    drop(first);
+    let alpn = timeout(DEADLINE, second).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        alpn.as_deref(),
+        Some("redis"),
+        "served once the first closed"
+    );
+}

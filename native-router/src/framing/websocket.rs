@@ -179,7 +179,7 @@ impl<S> WebSocketStream<S> {
         }
     }
 
-    /// Lays out a whole control frame in `control`, masked for a client.
+    /// Lays out a whole control frame in `bufs.out`, masked for a client.
     fn start_control(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
         let mask = self.new_mask()?;
         let header_len =
@@ -977,11 +977,15 @@ mod tests {
             let mut sink = [0u8; 16];
             server.read(&mut sink).await
         });
-        tokio::time::sleep(Duration::from_secs(31)).await;
-        assert_eq!(
-            read_frame(&mut wire).await,
-            (FIN | OP_PING, false, Vec::new())
-        );
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        for _ in 0..2 {
+            let ping = read_frame(&mut wire).await;
+            assert_eq!(
+                ping,
+                (FIN | OP_PING, false, Vec::new()),
+                "two pings after 61 s"
+            );
+        }
         reader.abort();
     }
 
