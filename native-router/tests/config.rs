@@ -152,3 +152,22 @@ fn a_file_with_nothing_to_listen_on_or_no_route_is_refused() {
     let err = Config::load(&dir.path().join("absent.toml")).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err}");
 }
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/router.example.toml"))
+            .unwrap();
+    let config = Config::load(&write(dir.path(), &example)).unwrap();
+    assert_eq!(config.routes.len(), 2);
+    assert_eq!(
+        config.limits,
+        alpn_router::config::Limits::default(),
+        "the example shows the defaults"
+    );
+    assert_eq!(
+        config.routes[1].idle_timeout,
+        Some(Duration::from_secs(3600))
+    );
+}

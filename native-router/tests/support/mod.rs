@@ -338,3 +338,56 @@ pub async fn tunnel(
         }
     }
 }
+
+/// A TLS echo backend for `backend.test`, its CA written to `dir/backend-ca.pem`.
+pub fn tls_echo_backend(dir: &Path) -> Backend {
+    use rustls::{ServerConfig, ServerConnection, StreamOwned};
+    let ca = ca("backend CA");
+    std::fs::write(dir.join("backend-ca.pem"), ca.pem()).unwrap();
+    let (_, _, ck) = leaf(&["backend.test"], "backend.test", &ca);
+    let config = Arc::new(
+        ServerConfig::builder_with_provider(alpn_router::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(ck.chain, ck.key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            thread::spawn(move || {
+                let mut tls = StreamOwned::new(ServerConnection::new(config).unwrap(), tcp);
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match tls.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tls.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    Backend {
+        addr,
+        seen: Arc::default(),
+    }
+}
+
+/// Writes a certificate for `other.test` from a CA of its own into `dir`
+/// (`other.pem`, `other.key`) and returns that CA.
+pub fn other_cert(dir: &Path) -> CertificateDer<'static> {
+    let ca = ca("other CA");
+    let (pem, key, _) = leaf(&["other.test"], "other.test", &ca);
+    std::fs::write(dir.join("other.pem"), pem).unwrap();
+    std::fs::write(dir.join("other.key"), key).unwrap();
+    ca.der().clone()
+}

@@ -1,0 +1,138 @@
+//! The router's TLS options end to end: TLS to the backend (verified with the
+//! route's CA and SNI), TLS on the upgrade listener (Envoy to router), server
+//! certificates per SNI, and TLS 1.2 beside 1.3.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alpn_router::client;
+use alpn_router::framing::Framing;
+use alpn_router::tls::{client_config, provider};
+use rustls::pki_types::ServerName;
+use support::{
+    backend, config, echo, other_cert, tls_echo_backend, tunnel, Pki, RouterProcess, DEADLINE,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+async fn echo_once(
+    stream: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin),
+) -> std::io::Result<Vec<u8>> {
+    stream.write_all(b"hello backend").await?;
+    let mut back = vec![0u8; 13];
+    timeout(DEADLINE, stream.read_exact(&mut back))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_backend_is_verified_with_the_routes_ca_and_sni() {
+    let pki = Pki::new();
+    let secure = tls_echo_backend(pki.dir.path());
+    let routes = format!(
+        "[[route]]\nalpn = \"good\"\nbackend = \"{a}\"\nbackend_tls = {{ ca = \"backend-ca.pem\", sni = \"backend.test\" }}\n\
+         [[route]]\nalpn = \"wrong-name\"\nbackend = \"{a}\"\nbackend_tls = {{ ca = \"backend-ca.pem\", sni = \"elsewhere.test\" }}\n",
+        a = secure.addr
+    );
+    let mut router = RouterProcess::start(pki.dir.path(), &config(&routes));
+    let (mut s, _) = tunnel(&pki, router.direct, None, &["good"], None)
+        .await
+        .unwrap();
+    assert_eq!(echo_once(&mut s).await.unwrap(), b"hello backend");
+
+    let (mut s, _) = tunnel(&pki, router.direct, None, &["wrong-name"], None)
+        .await
+        .unwrap();
+    assert!(
+        echo_once(&mut s).await.is_err(),
+        "a backend certificate for another name must be refused"
+    );
+    let line = router.wait_for("backend unreachable");
+    assert!(
+        line.contains("route=wrong-name") && line.contains("TLS to"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_listener_can_take_tls_from_envoy() {
+    let pki = Pki::new();
+    let plain = backend(echo);
+    let toml = config(&format!(
+        "[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\n",
+        plain.addr
+    ))
+    .replace(
+        "ping_interval = \"30s\"\n",
+        "ping_interval = \"30s\"\ntls = { cert = \"server.pem\", key = \"server.key\" }\n",
+    );
+    let router = RouterProcess::start(pki.dir.path(), &toml);
+    // The outer TLS, as Envoy's upstream TLS would do it, then the upgrade, then the inner TLS.
+    let outer = client_config(std::slice::from_ref(&pki.server_ca), &["http/1.1"], None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(router.upgrade)
+        .await
+        .unwrap();
+    let outer = client::inner_tls(tcp, outer, "router.test").await.unwrap();
+    let framed = client::upgrade(
+        outer,
+        Framing::AlpnPing,
+        "router.test",
+        "/connectionupgrade",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let inner = client_config(std::slice::from_ref(&pki.server_ca), &["redis"], None).unwrap();
+    let mut tls = client::inner_tls(framed, inner, "router.test")
+        .await
+        .unwrap();
+    assert_eq!(echo_once(&mut tls).await.unwrap(), b"hello backend");
+
+    // A plain-text upgrade to a TLS listener does not get through.
+    assert!(
+        tunnel(&pki, router.upgrade, Some(Framing::Alpn), &["redis"], None)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificates_per_sni_and_tls_1_2() {
+    let pki = Pki::new();
+    let other_ca = other_cert(pki.dir.path());
+    let plain = backend(echo);
+    let toml = config(&format!("[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\n", plain.addr)).replace(
+        "key = \"server.key\"\n",
+        "key = \"server.key\"\nsni = [{ name = \"other.test\", cert = \"other.pem\", key = \"other.key\" }]\n",
+    );
+    let router = RouterProcess::start(pki.dir.path(), &toml);
+
+    // other.test is served with its own certificate, which only its CA verifies.
+    let config = client_config(&[other_ca], &["redis"], None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(router.direct).await.unwrap();
+    let mut tls = client::inner_tls(tcp, config, "other.test").await.unwrap();
+    assert_eq!(echo_once(&mut tls).await.unwrap(), b"hello backend");
+
+    // Any other name gets the default certificate; TLS 1.2 works as well as 1.3.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.server_ca.clone()).unwrap();
+    let mut tls12 = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls12.alpn_protocols = vec![b"redis".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(router.direct).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(tls12))
+        .connect(ServerName::try_from("router.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(echo_once(&mut tls).await.unwrap(), b"hello backend");
+}
