@@ -410,7 +410,7 @@ async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin>(
         Err(e) => {
             router.metrics.backend_failure(&label);
             let mut tls = tls;
-            let _ = tls.shutdown().await;
+            let _ = timeout(tunnel::LINGER, tls.shutdown()).await;
             return warn!(
                 "conn {id} peer={peer} client={client} listener={listener} framing={} sni={sni} alpn={} route={label}: backend unreachable, client closed: {e}",
                 conn.framing, route.alpn
