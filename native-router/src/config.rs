@@ -226,6 +226,27 @@ pub struct BackendTls {
     pub sni: String,
 }
 
+/// Every certificate in the PEM file at `path`.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A certificate chain and its private key from PEM files.
+pub fn read_cert_key(cert: &Path, key: &Path) -> Result<CertKey, String> {
+    let chain = read_certs(cert)?;
+    let pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
+    Ok(CertKey { chain, key })
+}
+
 /// What `load` needs to report errors and resolve paths.
 struct Ctx<'a> {
     file: &'a Path,
@@ -264,35 +285,15 @@ impl Ctx<'_> {
         }
     }
 
-    fn read(&self, key: &str, file: &str) -> Result<(PathBuf, Vec<u8>), ConfigError> {
-        let path = self.dir.join(file);
-        std::fs::read(&path)
-            .map(|bytes| (path.clone(), bytes))
-            .map_err(|e| self.invalid(key, format!("cannot read {}: {e}", path.display())))
-    }
-
     fn certs(&self, key: &str, file: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-        let (path, pem) = self.read(key, file)?;
-        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.invalid(key, format!("{}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(self.invalid(key, format!("{} holds no PEM certificate", path.display())));
-        }
-        Ok(certs)
+        read_certs(&self.dir.join(file)).map_err(|e| self.invalid(key, e))
     }
 
     fn cert_key(&self, key: &str, cert: &str, private_key: &str) -> Result<CertKey, ConfigError> {
-        let chain = self.certs(&format!("{key}.cert"), cert)?;
-        let key_name = format!("{key}.key");
-        let (path, pem) = self.read(&key_name, private_key)?;
-        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-            self.invalid(
-                &key_name,
-                format!("{}: no usable private key: {e}", path.display()),
-            )
-        })?;
-        Ok(CertKey { chain, key })
+        // Checked one by one, so that the error names the key that is wrong.
+        self.certs(&format!("{key}.cert"), cert)?;
+        read_cert_key(&self.dir.join(cert), &self.dir.join(private_key))
+            .map_err(|e| self.invalid(format!("{key}.key"), e))
     }
 }
 

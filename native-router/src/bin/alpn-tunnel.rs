@@ -1,0 +1,239 @@
+//! `alpn-tunnel`: a local port (or stdin/stdout) to a service routed by ALPN,
+//! through whatever load balancer is in the way.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alpn_router::client::{probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
+use alpn_router::config::{read_cert_key, read_certs};
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use log::{error, info, warn};
+use tokio::net::TcpListener;
+
+/// Reach a service routed by ALPN (PostgreSQL, Redis, SSH, ...) through an HTTP
+/// load balancer: a local port per service, or one stream on stdin/stdout.
+///
+/// Whether a load balancer is in the way is detected once per server (a TLS
+/// handshake offering only the service's ALPN); --upgrade or ALPN_TUNNEL_UPGRADE
+/// override it. Run `alpn-tunnel probe` first when something does not connect.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Accept local TCP connections and carry each as its own tunnel.
+    ///
+    /// Example: alpn-tunnel forward --server https://db.example.com --alpn postgresql
+    /// --listen 127.0.0.1:5432 --ca router-ca.pem --cert me.pem --key me.key
+    Forward {
+        #[command(flatten)]
+        common: Common,
+        /// The service's ALPN, or ALPN=LISTEN for several services in one process.
+        #[arg(long, required = true)]
+        alpn: Vec<String>,
+        /// Where to listen when a single --alpn has no =LISTEN.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Show every step of reaching the service, with timings and advice.
+    Probe {
+        #[command(flatten)]
+        common: Common,
+        /// The service's ALPN.
+        #[arg(long)]
+        alpn: String,
+    },
+    /// One tunnel on stdin/stdout, e.g. as an SSH ProxyCommand:
+    /// ssh -o ProxyCommand='alpn-tunnel connect --server https://%h --alpn ssh' host
+    Connect {
+        #[command(flatten)]
+        common: Common,
+        /// The service's ALPN.
+        #[arg(long)]
+        alpn: String,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// The server: https://HOST[:PORT][/PATH], the load balancer or the router's
+    /// direct port (http://HOST:PORT for plain HTTP to Envoy). PATH defaults to
+    /// /connectionupgrade.
+    #[arg(long)]
+    server: String,
+    /// The inner TLS server name (SNI); default: the server's host.
+    #[arg(long)]
+    sni: Option<String>,
+    /// CA file (PEM) that verifies the router; default: the system's roots.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM chain), for routes that require one.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// CA file (PEM) that verifies the load balancer; default: the system's roots.
+    #[arg(long)]
+    outer_ca: Option<PathBuf>,
+    /// auto (detect), never (direct TLS), always (WebSocket), or a framing:
+    /// alpn, alpn-ping, websocket, websocket-ping (WebSocket with pings).
+    #[arg(long, env = "ALPN_TUNNEL_UPGRADE", default_value = "auto", value_parser = UpgradeMode::parse)]
+    upgrade: UpgradeMode,
+    /// How often alpn-ping framings ping, so that idle timeouts never fire.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ping_interval: Duration,
+    /// Deadline for each network step (connect, each TLS handshake, the upgrade answer).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+impl Common {
+    fn client(&self, alpn: &str) -> anyhow::Result<Client> {
+        let server = ServerUrl::parse(&self.server).map_err(anyhow::Error::msg)?;
+        let load = |p: &Option<PathBuf>| {
+            p.as_deref()
+                .map(read_certs)
+                .transpose()
+                .map_err(anyhow::Error::msg)
+        };
+        let client_cert = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some(read_cert_key(c, k).map_err(anyhow::Error::msg)?),
+            _ => None,
+        };
+        let options = Options {
+            sni: self.sni.clone(),
+            ca: load(&self.ca)?,
+            client_cert,
+            outer_ca: load(&self.outer_ca)?,
+            upgrade: self.upgrade,
+            ping_interval: self.ping_interval,
+            timeouts: Timeouts {
+                connect: self.timeout,
+                tls: self.timeout,
+                upgrade: self.timeout,
+            },
+        };
+        Ok(Client::new(server, alpn, options)?)
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            error!("starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match Cli::parse().command {
+            Command::Forward {
+                common,
+                alpn,
+                listen,
+            } => forward(&common, &alpn, listen.as_deref()).await,
+            Command::Probe { common, alpn } => {
+                let client = common.client(&alpn)?;
+                let report = probe::probe(&client).await;
+                print!("{}", report.render(&client));
+                if report.path.is_none() {
+                    bail!("probe failed");
+                }
+                Ok(())
+            }
+            Command::Connect { common, alpn } => connect(&common, &alpn).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(common: &Common, alpn: &str) -> anyhow::Result<()> {
+    let client = common.client(alpn)?;
+    let (mut tunnel, path) = client.connect().await?;
+    info!("connected to {} for {alpn} via {path}", client.server());
+    let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    let (up, down) = tokio::io::copy_bidirectional(&mut stdio, &mut tunnel)
+        .await
+        .context("the tunnel")?;
+    info!("closed: {up} bytes sent, {down} received");
+    Ok(())
+}
+
+async fn forward(common: &Common, alpns: &[String], listen: Option<&str>) -> anyhow::Result<()> {
+    let mut pairs = Vec::new();
+    for a in alpns {
+        match a.split_once('=') {
+            Some((alpn, addr)) => pairs.push((alpn.to_string(), addr.to_string())),
+            None if alpns.len() == 1 => match listen {
+                Some(addr) => pairs.push((a.clone(), addr.to_string())),
+                None => bail!("--alpn {a} needs --listen ADDR (or write --alpn {a}=ADDR)"),
+            },
+            None => bail!(
+                "with several services, write each as --alpn ALPN=LISTEN ({a:?} has no =LISTEN)"
+            ),
+        }
+    }
+    let mut tasks = Vec::new();
+    for (alpn, addr) in pairs {
+        let client = Arc::new(common.client(&alpn)?);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        info!(
+            "listening on {} for {alpn} at {}",
+            listener.local_addr()?,
+            client.server()
+        );
+        tasks.push(tokio::spawn(accept(listener, client, alpn)));
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    info!("Ctrl-C: stopping");
+    Ok(())
+}
+
+async fn accept(listener: TcpListener, client: Arc<Client>, alpn: String) {
+    loop {
+        let (mut local, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("{alpn}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let client = client.clone();
+        let alpn = alpn.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (mut tunnel, path) = match client.connect().await {
+                Ok(x) => x,
+                Err(e) => return warn!("{alpn}: local connection from {peer} closed: {e}"),
+            };
+            let result = tokio::io::copy_bidirectional(&mut local, &mut tunnel).await;
+            let took = started.elapsed().as_secs_f64();
+            match result {
+                Ok((up, down)) => {
+                    info!("{alpn}: {peer} via {path}: {up} bytes sent, {down} received, {took:.3}s")
+                }
+                Err(e) => info!("{alpn}: {peer} via {path}: ended after {took:.3}s: {e}"),
+            }
+        });
+    }
+}

@@ -1,0 +1,125 @@
+//! Detecting a load balancer (PROTOCOL.md section 6): a test TLS handshake that
+//! offers only the route's ALPN. The server negotiating it means no load balancer
+//! is in the way; no ALPN, `http/1.1`/`h2`, a `no_application_protocol` alert, an
+//! unadvertised protocol or a close during the handshake mean an L7 load balancer
+//! is; any other failure is an error, not a guess.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use tokio::time::timeout;
+
+use super::{roots, Client, ClientError, DEFAULT_FRAMING};
+use crate::framing::Framing;
+use crate::tls::client_config;
+
+/// How a tunnel reaches the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// TLS straight to the router (its direct port, or through a TCP load balancer).
+    Direct,
+    /// An upgrade with this framing, then TLS inside.
+    Upgrade(Framing),
+}
+
+impl Path {
+    /// For logs and the probe.
+    pub fn describe(&self) -> String {
+        match self {
+            Path::Direct => "no load balancer in the way: direct TLS".into(),
+            Path::Upgrade(f) => {
+                format!("an L7 load balancer is in the way: upgrade ({})", f.name())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Direct => write!(f, "direct TLS"),
+            Path::Upgrade(framing) => write!(f, "upgrade {}", framing.name()),
+        }
+    }
+}
+
+/// What the test handshake showed.
+#[derive(Debug)]
+pub(crate) enum Finding {
+    /// The server negotiated the route's ALPN.
+    Negotiated,
+    /// The server answered with this ALPN (or none), so something else terminates TLS.
+    OtherAlpn(Option<String>),
+    /// The handshake failed in a way that means a load balancer: the reason.
+    LoadBalancerFailure(String),
+}
+
+/// Runs the test handshake: TCP connect, then TLS offering only `alpn`, trusting
+/// both the router's CA and the load balancer's roots (either may answer).
+pub(crate) async fn test_handshake(client: &Client) -> Result<Finding, ClientError> {
+    let mut trusted: Vec<CertificateDer<'static>> = roots(&client.options.ca)?;
+    if let Ok(outer) = roots(&client.options.outer_ca) {
+        trusted.extend(outer);
+    }
+    let config = client_config(
+        &trusted,
+        &[client.alpn.as_str()],
+        client.options.client_cert.as_ref(),
+    )
+    .map_err(|e| ClientError::Roots(e.to_string()))?;
+    let tcp = client.tcp().await?;
+    let t = client.options.timeouts.tls;
+    let result = timeout(t, super::inner_tls(tcp, Arc::clone(&config), client.sni()))
+        .await
+        .map_err(|_| ClientError::Timeout {
+            step: "the detection TLS handshake",
+            addr: client.server.authority(),
+            after: t,
+        })?;
+    match result {
+        Ok(tls) => {
+            let alpn = tls
+                .get_ref()
+                .1
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            if alpn.as_deref() == Some(client.alpn.as_str()) {
+                Ok(Finding::Negotiated)
+            } else {
+                Ok(Finding::OtherAlpn(alpn))
+            }
+        }
+        Err(e) => classify(&e)
+            .map(Finding::LoadBalancerFailure)
+            .ok_or_else(|| ClientError::Detect(e.to_string())),
+    }
+}
+
+/// The reason, if this handshake failure means an L7 load balancer.
+fn classify(e: &io::Error) -> Option<String> {
+    use rustls::AlertDescription as A;
+    match super::rustls_error(e) {
+        Some(rustls::Error::AlertReceived(A::NoApplicationProtocol)) => {
+            Some("no_application_protocol alert".into())
+        }
+        Some(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SelectedUnofferedApplicationProtocol,
+        )) => Some("the server chose a protocol that was not offered".into()),
+        Some(_) => None,
+        None => matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        )
+        .then(|| "the connection was closed during the handshake".into()),
+    }
+}
+
+/// The path to use for `client` (the detection of PROTOCOL.md section 6).
+pub(crate) async fn detect(client: &Client) -> Result<Path, ClientError> {
+    Ok(match test_handshake(client).await? {
+        Finding::Negotiated => Path::Direct,
+        Finding::OtherAlpn(_) | Finding::LoadBalancerFailure(_) => Path::Upgrade(DEFAULT_FRAMING),
+    })
+}

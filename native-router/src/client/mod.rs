@@ -1,0 +1,451 @@
+//! The client end of a tunnel, as a library: [`connect`] opens a stream to a
+//! routed service (`connect(server, alpn, options) -> stream`), directly or
+//! through an upgrade, detecting which is needed (PROTOCOL.md section 6).
+//! `alpn-tunnel` is a thin command line over it.
+
+mod detect;
+pub mod handshake;
+pub mod probe;
+pub mod server_url;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::CertKey;
+use crate::framing::{Framing, Subprotocol};
+use crate::tls::client_config;
+use crate::tunnel::Io;
+use crate::upgrade::AnswerError;
+
+pub use detect::Path;
+pub use handshake::{inner_tls, upgrade};
+pub use server_url::ServerUrl;
+
+/// How to reach the router: detect, or as the user says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeMode {
+    /// Detect a load balancer (PROTOCOL.md section 6); upgrade with WebSocket if one is there.
+    Auto,
+    /// Always connect directly.
+    Never,
+    /// Always upgrade, with WebSocket.
+    Always,
+    /// Always upgrade, with this framing.
+    Framing(Framing),
+}
+
+impl UpgradeMode {
+    /// Parses `auto`, `never`, `always`, `alpn`, `alpn-ping`, `websocket`, `websocket-ping`.
+    pub fn parse(s: &str) -> Result<UpgradeMode, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => UpgradeMode::Auto,
+            "never" => UpgradeMode::Never,
+            "always" => UpgradeMode::Always,
+            "alpn" => UpgradeMode::Framing(Framing::Alpn),
+            "alpn-ping" => UpgradeMode::Framing(Framing::AlpnPing),
+            "websocket" => UpgradeMode::Framing(Framing::WebSocket(Subprotocol::Alpn)),
+            "websocket-ping" => UpgradeMode::Framing(Framing::WebSocket(Subprotocol::AlpnPing)),
+            other => return Err(format!(
+                "{other:?}: use auto, never, always, alpn, alpn-ping, websocket or websocket-ping"
+            )),
+        })
+    }
+}
+
+/// The framing used when an upgrade is needed and none was named: WebSocket
+/// passes the most load balancers.
+pub const DEFAULT_FRAMING: Framing = Framing::WebSocket(Subprotocol::Alpn);
+
+/// Deadlines for each network step.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Each TLS handshake (outer and inner).
+    pub tls: Duration,
+    /// The answer to the upgrade request.
+    pub upgrade: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            tls: Duration::from_secs(10),
+            upgrade: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything about a connection besides the server and the ALPN.
+#[derive(Debug)]
+pub struct Options {
+    /// The inner TLS server name; default: the server's host.
+    pub sni: Option<String>,
+    /// CAs that verify the router (inner TLS); default: the system's roots.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
+    /// The client certificate, for routes that require one.
+    pub client_cert: Option<CertKey>,
+    /// CAs that verify the load balancer (outer TLS); default: the system's roots.
+    pub outer_ca: Option<Vec<CertificateDer<'static>>>,
+    /// Detect, or force a path.
+    pub upgrade: UpgradeMode,
+    /// Pings on `alpn-ping` framings.
+    pub ping_interval: Duration,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sni: None,
+            ca: None,
+            client_cert: None,
+            outer_ca: None,
+            upgrade: UpgradeMode::Auto,
+            ping_interval: Duration::from_secs(30),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Why a tunnel could not be opened. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The system's trusted roots could not be loaded and none were given.
+    #[error("no trusted roots: {0}; pass the CA with --ca / --outer-ca")]
+    Roots(String),
+    /// TCP connect failed.
+    #[error(
+        "cannot connect to {addr}: {error} (check the server address and that it is reachable)"
+    )]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        error: io::Error,
+    },
+    /// A step took longer than its deadline.
+    #[error("{step} to {addr} did not finish within {}", humantime::format_duration(*.after))]
+    Timeout {
+        /// The step.
+        step: &'static str,
+        /// The address.
+        addr: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The outer TLS (to the load balancer) failed.
+    #[error("TLS to the load balancer {addr} failed: {error}{}", outer_hint(.error))]
+    OuterTls {
+        /// The address.
+        addr: String,
+        /// Why.
+        error: io::Error,
+    },
+    /// The server did not switch protocols.
+    #[error("the upgrade to {url} failed: {error}{}", upgrade_hint(.error))]
+    Upgrade {
+        /// The server.
+        url: String,
+        /// What it answered.
+        error: AnswerError,
+    },
+    /// The inner TLS (to the router) failed.
+    #[error("TLS to the router for ALPN {alpn:?} via {path} failed: {error}{}", inner_hint(.error, .path))]
+    InnerTls {
+        /// The ALPN asked for.
+        alpn: String,
+        /// Direct, or the framing.
+        path: Path,
+        /// Why.
+        error: io::Error,
+    },
+    /// Detection met a failure that says nothing about load balancers.
+    #[error("detecting whether a load balancer is in the way failed: {0}")]
+    Detect(String),
+}
+
+fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+fn outer_hint(e: &io::Error) -> &'static str {
+    match rustls_error(e) {
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            " (the load balancer's certificate is not trusted: pass its CA with --outer-ca FILE)"
+        }
+        _ => "",
+    }
+}
+
+fn upgrade_hint(e: &AnswerError) -> &'static str {
+    match e {
+        AnswerError::Status { status: 404, .. } => " (check the upgrade path in the server URL)",
+        AnswerError::Status {
+            status: 403 | 429, ..
+        } => " (refused by policy: ask the server's operator)",
+        AnswerError::Status {
+            status: 426 | 400, ..
+        } => " (try another framing with --upgrade alpn-ping or websocket)",
+        AnswerError::Status {
+            status: 502..=504, ..
+        } => " (the router behind the load balancer is not answering)",
+        _ => "",
+    }
+}
+
+fn inner_hint(e: &io::Error, path: &Path) -> &'static str {
+    use rustls::AlertDescription as A;
+    match rustls_error(e) {
+        Some(rustls::Error::AlertReceived(A::NoApplicationProtocol)) if *path == Path::Direct => {
+            " (the server has no route for this ALPN, or an L7 load balancer is in the way: try --upgrade auto)"
+        }
+        Some(rustls::Error::AlertReceived(A::NoApplicationProtocol)) => " (the router has no route for this ALPN)",
+        Some(rustls::Error::AlertReceived(A::CertificateRequired)) => {
+            " (this route requires a client certificate: pass --cert FILE --key FILE)"
+        }
+        Some(rustls::Error::AlertReceived(A::UnknownCA | A::BadCertificate | A::CertificateUnknown)) => {
+            " (the router does not accept this client certificate)"
+        }
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            " (the router's certificate is not trusted or not for this name: pass its CA with --ca FILE, or the name with --sni)"
+        }
+        Some(rustls::Error::NoApplicationProtocol) => {
+            " (the server negotiated no ALPN: an L7 load balancer is in the way; use --upgrade auto)"
+        }
+        _ => "",
+    }
+}
+
+/// Roots from `given`, or the system's.
+fn roots(
+    given: &Option<Vec<CertificateDer<'static>>>,
+) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    if let Some(cas) = given {
+        return Ok(cas.clone());
+    }
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        return Err(ClientError::Roots(format!(
+            "no system roots found ({:?})",
+            found.errors
+        )));
+    }
+    Ok(found.certs)
+}
+
+/// The TLS configurations a connection needs, built once per [`Client`].
+struct Configs {
+    inner: Arc<ClientConfig>,
+    outer: Arc<ClientConfig>,
+}
+
+/// A client for one server and one ALPN: builds its TLS configurations once and
+/// opens as many tunnels as asked.
+pub struct Client {
+    server: ServerUrl,
+    alpn: String,
+    options: Options,
+    configs: Configs,
+}
+
+/// What was learned about each server, for the life of the process.
+fn cache() -> &'static Mutex<HashMap<String, Path>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Path>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
+impl Client {
+    /// A client of `server` for `alpn`.
+    pub fn new(server: ServerUrl, alpn: &str, options: Options) -> Result<Client, ClientError> {
+        let bad = |e: rustls::Error| ClientError::Roots(e.to_string());
+        let inner = client_config(&roots(&options.ca)?, &[alpn], options.client_cert.as_ref())
+            .map_err(bad)?;
+        let outer_roots = if server.tls {
+            roots(&options.outer_ca)?
+        } else {
+            Vec::new()
+        };
+        let outer = client_config(&outer_roots, &["http/1.1"], None).map_err(bad)?;
+        Ok(Client {
+            server,
+            alpn: alpn.to_string(),
+            options,
+            configs: Configs { inner, outer },
+        })
+    }
+
+    /// The server.
+    pub fn server(&self) -> &ServerUrl {
+        &self.server
+    }
+
+    /// The inner TLS server name.
+    pub fn sni(&self) -> &str {
+        self.options.sni.as_deref().unwrap_or(&self.server.host)
+    }
+
+    /// How this client reaches the router: as configured, or detected once per
+    /// server and process.
+    pub async fn path(&self) -> Result<Path, ClientError> {
+        match self.options.upgrade {
+            UpgradeMode::Never => Ok(Path::Direct),
+            UpgradeMode::Always => Ok(Path::Upgrade(DEFAULT_FRAMING)),
+            UpgradeMode::Framing(f) => Ok(Path::Upgrade(f)),
+            UpgradeMode::Auto if !self.server.tls => Ok(Path::Upgrade(DEFAULT_FRAMING)),
+            UpgradeMode::Auto => {
+                let key = format!("{}|{}", self.server.authority(), self.alpn);
+                if let Some(p) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+                    return Ok(*p);
+                }
+                let found = detect::detect(self).await?;
+                cache()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, found);
+                log::info!("{}: {}", self.server, found.describe());
+                Ok(found)
+            }
+        }
+    }
+
+    /// Opens one tunnel: the stream to the routed service, and the path taken.
+    pub async fn connect(&self) -> Result<(Box<dyn Io>, Path), ClientError> {
+        let path = self.path().await?;
+        let stream = self.connect_via(path).await?;
+        Ok((stream, path))
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, ClientError> {
+        let addr = self.server.authority();
+        let t = self.options.timeouts.connect;
+        let tcp = timeout(t, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                step: "TCP connect",
+                addr: addr.clone(),
+                after: t,
+            })?
+            .map_err(|error| ClientError::Connect { addr, error })?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    /// Opens one tunnel along `path`.
+    pub async fn connect_via(&self, path: Path) -> Result<Box<dyn Io>, ClientError> {
+        let tcp = self.tcp().await?;
+        match path {
+            Path::Direct => self.inner(tcp, path).await,
+            Path::Upgrade(framing) if self.server.tls => {
+                let outer = self.outer_tls(tcp).await?;
+                let framed = self.upgrade(outer, framing).await?;
+                self.inner(framed, path).await
+            }
+            Path::Upgrade(framing) => {
+                let framed = self.upgrade(tcp, framing).await?;
+                self.inner(framed, path).await
+            }
+        }
+    }
+
+    async fn outer_tls(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+        let addr = self.server.authority();
+        let t = self.options.timeouts.tls;
+        timeout(
+            t,
+            inner_tls(tcp, self.configs.outer.clone(), &self.server.host),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout {
+            step: "TLS handshake with the load balancer",
+            addr: addr.clone(),
+            after: t,
+        })?
+        .map_err(|error| ClientError::OuterTls { addr, error })
+    }
+
+    async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        framing: Framing,
+    ) -> Result<crate::framing::Framed<S>, ClientError> {
+        let t = self.options.timeouts.upgrade;
+        let host = self.server.authority();
+        timeout(
+            t,
+            upgrade(
+                stream,
+                framing,
+                &host,
+                &self.server.path,
+                self.options.ping_interval,
+            ),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout {
+            step: "the upgrade answer",
+            addr: host.clone(),
+            after: t,
+        })?
+        .map_err(|error| ClientError::Upgrade {
+            url: self.server.to_string(),
+            error,
+        })
+    }
+
+    async fn inner<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: S,
+        path: Path,
+    ) -> Result<Box<dyn Io>, ClientError> {
+        let t = self.options.timeouts.tls;
+        let tls = timeout(t, inner_tls(stream, self.configs.inner.clone(), self.sni()))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                step: "the inner TLS handshake",
+                addr: self.server.authority(),
+                after: t,
+            })?
+            .map_err(|error| ClientError::InnerTls {
+                alpn: self.alpn.clone(),
+                path,
+                error,
+            })?;
+        if tls.get_ref().1.alpn_protocol() != Some(self.alpn.as_bytes()) {
+            let error = io::Error::other(rustls::Error::NoApplicationProtocol);
+            return Err(ClientError::InnerTls {
+                alpn: self.alpn.clone(),
+                path,
+                error,
+            });
+        }
+        Ok(Box::new(tls))
+    }
+}
+
+/// Opens a stream to the service routed for `alpn` at `server`: the library
+/// form of `alpn-tunnel connect`.
+pub async fn connect(
+    server: &str,
+    alpn: &str,
+    options: Options,
+) -> Result<Box<dyn Io>, ClientError> {
+    let server = ServerUrl::parse(server).map_err(ClientError::Detect)?;
+    Client::new(server, alpn, options)?
+        .connect()
+        .await
+        .map(|(s, _)| s)
+}

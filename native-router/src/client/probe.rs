@@ -1,0 +1,294 @@
+//! `alpn-tunnel probe`: every step of reaching a routed service, with what it
+//! found, how long it took and, when it fails, what to do. The tool a user runs
+//! first when something does not connect.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::detect::{test_handshake, Finding};
+use super::{Client, ClientError, Path, DEFAULT_FRAMING};
+use crate::framing::{Framing, Subprotocol};
+
+/// One step of the probe.
+#[derive(Debug)]
+pub struct Step {
+    /// What was tried.
+    pub name: String,
+    /// What came of it (or the error, with its advice).
+    pub outcome: Result<String, String>,
+    /// How long it took, in milliseconds.
+    pub millis: f64,
+}
+
+/// What the probe found.
+#[derive(Debug)]
+pub struct Report {
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+    /// The path a tunnel would take, if one works.
+    pub path: Option<Path>,
+}
+
+impl Report {
+    /// The report as text for a terminal.
+    pub fn render(&self, client: &Client) -> String {
+        let mut out = format!(
+            "probing {} for ALPN {:?} (inner TLS name {:?})\n",
+            client.server(),
+            client.alpn,
+            client.sni()
+        );
+        for (i, s) in self.steps.iter().enumerate() {
+            let (mark, text) = match &s.outcome {
+                Ok(t) => ("ok  ", t.as_str()),
+                Err(t) => ("FAIL", t.as_str()),
+            };
+            let _ = writeln!(
+                out,
+                "{:>2}. {mark} {:<44} {:>8.1} ms  {text}",
+                i + 1,
+                s.name,
+                s.millis
+            );
+        }
+        match self.path {
+            Some(p) => {
+                let _ = writeln!(out, "result: tunnels work: {}", p.describe());
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "result: no tunnel can be opened; see the first FAIL above"
+                );
+            }
+        }
+        out
+    }
+
+    fn step(
+        &mut self,
+        name: impl Into<String>,
+        started: Instant,
+        outcome: Result<String, String>,
+    ) -> bool {
+        let ok = outcome.is_ok();
+        self.steps.push(Step {
+            name: name.into(),
+            outcome,
+            millis: started.elapsed().as_secs_f64() * 1000.0,
+        });
+        ok
+    }
+}
+
+fn peer_subject<S>(tls: &tokio_rustls::client::TlsStream<S>) -> String {
+    let (_, conn) = tls.get_ref();
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, c)| c.subject().to_string())
+        })
+        .unwrap_or_else(|| "no certificate".into())
+}
+
+fn tls_summary<S>(tls: &tokio_rustls::client::TlsStream<S>) -> String {
+    let (_, conn) = tls.get_ref();
+    let alpn = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_else(|| "none".into());
+    format!(
+        "{:?}, ALPN {alpn}, certificate {}",
+        conn.protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        peer_subject(tls)
+    )
+}
+
+/// Runs every step against `client`'s server.
+pub async fn probe(client: &Client) -> Report {
+    let mut report = Report {
+        steps: Vec::new(),
+        path: None,
+    };
+    let started = Instant::now();
+    match client.tcp().await {
+        Ok(_) => report.step(
+            format!("TCP connect {}", client.server().authority()),
+            started,
+            Ok("connected".into()),
+        ),
+        Err(e) => return fail(report, "TCP connect", started, e),
+    };
+
+    // The detection handshake.
+    let started = Instant::now();
+    let detected = match test_handshake(client).await {
+        Ok(Finding::Negotiated) => {
+            report.step(
+                format!("TLS offering only {:?}", client.alpn),
+                started,
+                Ok(format!(
+                    "negotiated {:?}: no load balancer in the way",
+                    client.alpn
+                )),
+            );
+            Path::Direct
+        }
+        Ok(Finding::OtherAlpn(alpn)) => {
+            let what = alpn.map_or_else(|| "no ALPN".to_string(), |a| format!("ALPN {a:?}"));
+            report.step(
+                format!("TLS offering only {:?}", client.alpn),
+                started,
+                Ok(format!(
+                    "{what}: an L7 load balancer terminates TLS; an upgrade is needed"
+                )),
+            );
+            Path::Upgrade(DEFAULT_FRAMING)
+        }
+        Ok(Finding::LoadBalancerFailure(why)) => {
+            report.step(
+                format!("TLS offering only {:?}", client.alpn),
+                started,
+                Ok(format!(
+                    "{why}: an L7 load balancer is in the way; an upgrade is needed"
+                )),
+            );
+            Path::Upgrade(DEFAULT_FRAMING)
+        }
+        Err(e) => {
+            return fail(
+                report,
+                &format!("TLS offering only {:?}", client.alpn),
+                started,
+                e,
+            )
+        }
+    };
+    let forced = client.path().await.ok().filter(|p| *p != detected);
+    if let Some(p) = forced {
+        report.steps.push(Step {
+            name: "--upgrade setting".into(),
+            outcome: Ok(format!("overrides detection: {p}")),
+            millis: 0.0,
+        });
+    }
+    let path = forced.unwrap_or(detected);
+
+    if let Path::Upgrade(preferred) = path {
+        if client.server().tls {
+            let started = Instant::now();
+            let Ok(tcp) = client.tcp().await else {
+                return report;
+            };
+            match client.outer_tls(tcp).await {
+                Ok(tls) => report.step(
+                    "outer TLS to the load balancer",
+                    started,
+                    Ok(tls_summary(&tls)),
+                ),
+                Err(e) => return fail(report, "outer TLS to the load balancer", started, e),
+            };
+        }
+        // Which framings the server accepts.
+        let mut accepted = Vec::new();
+        for framing in [
+            Framing::WebSocket(Subprotocol::Alpn),
+            Framing::AlpnPing,
+            Framing::Alpn,
+            Framing::WebSocket(Subprotocol::AlpnPing),
+        ] {
+            let started = Instant::now();
+            let outcome = match try_upgrade(client, framing).await {
+                Ok(()) => {
+                    accepted.push(framing);
+                    Ok("101 Switching Protocols".to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            report.step(
+                format!("upgrade {} on {}", framing.name(), client.server().path),
+                started,
+                outcome,
+            );
+        }
+        let Some(&first) = accepted
+            .iter()
+            .find(|f| **f == preferred)
+            .or(accepted.first())
+        else {
+            return report;
+        };
+        return inner(report, client, Path::Upgrade(first)).await;
+    }
+    inner(report, client, path).await
+}
+
+async fn try_upgrade(client: &Client, framing: Framing) -> Result<(), ClientError> {
+    let tcp = client.tcp().await?;
+    if client.server().tls {
+        let outer = client.outer_tls(tcp).await?;
+        client.upgrade(outer, framing).await.map(drop)
+    } else {
+        client.upgrade(tcp, framing).await.map(drop)
+    }
+}
+
+async fn inner(mut report: Report, client: &Client, path: Path) -> Report {
+    let name = format!("inner TLS via {path}");
+    let started = Instant::now();
+    let result: Result<String, ClientError> = async {
+        let tcp = client.tcp().await?;
+        match path {
+            Path::Direct => inner_summary(client, tcp, path).await,
+            Path::Upgrade(f) if client.server().tls => {
+                let outer = client.outer_tls(tcp).await?;
+                let framed = client.upgrade(outer, f).await?;
+                inner_summary(client, framed, path).await
+            }
+            Path::Upgrade(f) => {
+                let framed = client.upgrade(tcp, f).await?;
+                inner_summary(client, framed, path).await
+            }
+        }
+    }
+    .await;
+    if report.step(name, started, result.map_err(|e| e.to_string())) {
+        report.path = Some(path);
+    }
+    report
+}
+
+async fn inner_summary<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &Client,
+    stream: S,
+    path: Path,
+) -> Result<String, ClientError> {
+    let t = client.options.timeouts.tls;
+    let tls = tokio::time::timeout(
+        t,
+        super::inner_tls(stream, client.configs.inner.clone(), client.sni()),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout {
+        step: "the inner TLS handshake",
+        addr: client.server().authority(),
+        after: t,
+    })?
+    .map_err(|error| ClientError::InnerTls {
+        alpn: client.alpn.clone(),
+        path,
+        error,
+    })?;
+    Ok(tls_summary(&tls))
+}
+
+fn fail(mut report: Report, name: &str, started: Instant, e: ClientError) -> Report {
+    report.step(name, started, Err(e.to_string()));
+    report
+}
