@@ -5,6 +5,7 @@
 
 pub mod envoy;
 pub mod http;
+pub mod nginx;
 pub mod stubs;
 pub mod tls;
 

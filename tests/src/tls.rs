@@ -23,10 +23,11 @@ pub struct ServerCert {
 }
 
 impl ServerCert {
-    /// Generates the certificate into `dir`.
+    /// Generates the certificate (for `envoy.test`, `localhost` and
+    /// `127.0.0.1`) into `dir`.
     pub fn generate(dir: &Path) -> ServerCert {
-        let cert =
-            rcgen::generate_simple_self_signed(vec!["envoy.test".into()]).expect("certificate");
+        let names = vec!["envoy.test".into(), "localhost".into(), "127.0.0.1".into()];
+        let cert = rcgen::generate_simple_self_signed(names).expect("certificate");
         let (pem, key) = (dir.join("server.pem"), dir.join("server.key"));
         fs::write(&pem, cert.cert.pem()).unwrap();
         fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
@@ -35,6 +36,11 @@ impl ServerCert {
             key,
             der: cert.cert.der().clone(),
         }
+    }
+
+    /// The certificate, for trust stores.
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.der.clone()
     }
 
     /// Connects to `addr` as `envoy.test`, offering `alpn`, and completes the

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alpn_router::client::{probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
+use alpn_router::client::{explain, probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
 use alpn_router::config::{read_cert_key, read_certs};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
@@ -169,7 +169,7 @@ async fn connect(common: &Common, alpn: &str) -> anyhow::Result<()> {
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
     let (up, down) = tokio::io::copy_bidirectional(&mut stdio, &mut tunnel)
         .await
-        .context("the tunnel")?;
+        .map_err(|e| anyhow::anyhow!("the tunnel: {}", explain(&e, path)))?;
     info!("closed: {up} bytes sent, {down} received");
     Ok(())
 }
@@ -232,7 +232,10 @@ async fn accept(listener: TcpListener, client: Arc<Client>, alpn: String) {
                 Ok((up, down)) => {
                     info!("{alpn}: {peer} via {path}: {up} bytes sent, {down} received, {took:.3}s")
                 }
-                Err(e) => info!("{alpn}: {peer} via {path}: ended after {took:.3}s: {e}"),
+                Err(e) => info!(
+                    "{alpn}: {peer} via {path}: ended after {took:.3}s: {}",
+                    explain(&e, path)
+                ),
             }
         });
     }

@@ -52,9 +52,11 @@ impl UpgradeMode {
             "alpn-ping" => UpgradeMode::Framing(Framing::AlpnPing),
             "websocket" => UpgradeMode::Framing(Framing::WebSocket(Subprotocol::Alpn)),
             "websocket-ping" => UpgradeMode::Framing(Framing::WebSocket(Subprotocol::AlpnPing)),
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "{other:?}: use auto, never, always, alpn, alpn-ping, websocket or websocket-ping"
-            )),
+            ))
+            }
         })
     }
 }
@@ -225,6 +227,13 @@ fn inner_hint(e: &io::Error, path: &Path) -> &'static str {
         }
         _ => "",
     }
+}
+
+/// An error of an open tunnel, with advice where there is some. With TLS 1.3 a
+/// router that refuses the client certificate says so only after the handshake,
+/// on the first read, so such errors surface here rather than from `connect`.
+pub fn explain(e: &io::Error, path: Path) -> String {
+    format!("{e}{}", inner_hint(e, &path))
 }
 
 /// Roots from `given`, or the system's.
@@ -448,4 +457,22 @@ pub async fn connect(
         .connect()
         .await
         .map(|(s, _)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_errors_carry_the_advice() {
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        );
+        assert!(
+            explain(&e, Path::Direct).contains("pass --cert FILE --key FILE"),
+            "{}",
+            explain(&e, Path::Direct)
+        );
+    }
 }

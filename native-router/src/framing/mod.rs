@@ -100,13 +100,23 @@ impl Framing {
 
 /// An upgraded stream in its framing; bytes already read past the HTTP head
 /// (`leftover`) are the first bytes of the framed stream.
-pub enum Framed<S> {
-    /// `alpn`.
+///
+/// It never half-closes the outer connection: load balancers and Envoy end an
+/// upgraded connection in both directions when one side closes its half, which
+/// would cut off bytes still coming the other way. A write shutdown only
+/// flushes while the peer may still send; half-close travels inside, as the
+/// inner TLS `close_notify`. The outer connection closes (FIN, or a WebSocket
+/// Close) once the read side has ended, or when the stream is dropped.
+pub struct Framed<S> {
+    kind: Kind<S>,
+    /// The read side has ended (EOF or a Close frame).
+    read_done: bool,
+}
+
+enum Kind<S> {
     Raw(Prefixed<S>),
-    /// `alpn-ping`.
     AlpnPing(AlpnPingStream<Prefixed<S>>),
-    /// `websocket`.
-    WebSocket(WebSocketStream<Prefixed<S>>),
+    WebSocket(Box<WebSocketStream<Prefixed<S>>>),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
@@ -121,20 +131,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     ) -> Framed<S> {
         let inner = Prefixed::new(inner, leftover);
         let ping = framing.pings().then_some(ping_interval);
-        match framing {
-            Framing::Alpn => Framed::Raw(inner),
-            Framing::AlpnPing => Framed::AlpnPing(AlpnPingStream::new(inner, ping)),
-            Framing::WebSocket(_) => Framed::WebSocket(WebSocketStream::new(inner, role, ping)),
+        let kind = match framing {
+            Framing::Alpn => Kind::Raw(inner),
+            Framing::AlpnPing => Kind::AlpnPing(AlpnPingStream::new(inner, ping)),
+            Framing::WebSocket(_) => {
+                Kind::WebSocket(Box::new(WebSocketStream::new(inner, role, ping)))
+            }
+        };
+        Framed {
+            kind,
+            read_done: false,
         }
     }
 }
 
 macro_rules! delegate {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            Framed::Raw($s) => $e,
-            Framed::AlpnPing($s) => $e,
-            Framed::WebSocket($s) => $e,
+    ($kind:expr, $s:ident => $e:expr) => {
+        match $kind {
+            Kind::Raw($s) => $e,
+            Kind::AlpnPing($s) => $e,
+            Kind::WebSocket($s) => $e,
         }
     };
 }
@@ -145,7 +161,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Framed<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let room = buf.remaining() > 0;
+        let result = delegate!(&mut this.kind, s => Pin::new(s).poll_read(cx, buf));
+        if room && matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() == before {
+            this.read_done = true;
+        }
+        result
     }
 }
 
@@ -155,15 +178,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Framed<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+        delegate!(&mut self.get_mut().kind, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_flush(cx))
+        delegate!(&mut self.get_mut().kind, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+        let this = self.get_mut();
+        if this.read_done {
+            delegate!(&mut this.kind, s => Pin::new(s).poll_shutdown(cx))
+        } else {
+            delegate!(&mut this.kind, s => Pin::new(s).poll_flush(cx))
+        }
     }
 }
 

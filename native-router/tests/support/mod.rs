@@ -61,7 +61,8 @@ fn leaf(
 }
 
 impl Pki {
-    /// A fresh PKI, written as `server.pem`, `server.key`, `clients-ca.pem`.
+    /// A fresh PKI, written as `server.pem`, `server.key`, `router-ca.pem`,
+    /// `clients-ca.pem`, `client.pem`, `client.key`.
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let server_ca = ca("router test CA");
@@ -72,9 +73,12 @@ impl Pki {
         );
         std::fs::write(dir.path().join("server.pem"), pem).unwrap();
         std::fs::write(dir.path().join("server.key"), key).unwrap();
+        std::fs::write(dir.path().join("router-ca.pem"), server_ca.pem()).unwrap();
         let clients_ca = ca("clients CA");
         std::fs::write(dir.path().join("clients-ca.pem"), clients_ca.pem()).unwrap();
-        let (_, _, client) = leaf(&[], "alice", &clients_ca);
+        let (client_pem, client_key, client) = leaf(&[], "alice", &clients_ca);
+        std::fs::write(dir.path().join("client.pem"), client_pem).unwrap();
+        std::fs::write(dir.path().join("client.key"), client_key).unwrap();
         let (_, _, stranger) = leaf(&[], "mallory", &ca("another CA"));
         Pki {
             dir,
@@ -120,10 +124,105 @@ key = "server.key"
     )
 }
 
-/// The `alpn-router` binary serving a configuration.
-pub struct RouterProcess {
+/// A child process whose stderr (its log) is collected; killed when dropped.
+pub struct Logged {
     child: Child,
     log: Arc<Mutex<String>>,
+}
+
+impl Logged {
+    /// Spawns `command` with stderr captured (and stdin/stdout closed).
+    pub fn spawn(command: &mut Command) -> Logged {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the program");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Logged { child, log }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the program exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no log line {needle:?} within {DEADLINE:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address in a log line `... <prefix><address> ...`.
+    pub fn address_after(&mut self, prefix: &str) -> SocketAddr {
+        let line = self.wait_for(prefix);
+        let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// Sends a signal (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit; returns whether it exited cleanly.
+    pub fn wait_exit(&mut self) -> bool {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "still running:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `alpn-router` binary serving a configuration.
+pub struct RouterProcess {
+    process: Logged,
     config: PathBuf,
     /// The upgrade listener.
     pub upgrade: SocketAddr,
@@ -138,102 +237,47 @@ impl RouterProcess {
     pub fn start(dir: &Path, toml: &str) -> RouterProcess {
         let config = dir.join("router.toml");
         std::fs::write(&config, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_alpn-router"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start alpn-router");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut router = RouterProcess {
-            child,
-            log,
+        let mut process = Logged::spawn(
+            Command::new(env!("CARGO_BIN_EXE_alpn-router"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "debug"),
+        );
+        let upgrade = process.address_after("upgrade listener on ");
+        let direct = process.address_after("direct listener on ");
+        let metrics = process.address_after("metrics listener on ");
+        RouterProcess {
+            process,
             config,
-            upgrade: unbound(),
-            direct: unbound(),
-            metrics: unbound(),
-        };
-        router.upgrade = router.listener("upgrade");
-        router.direct = router.listener("direct");
-        router.metrics = router.listener("metrics");
-        router
-    }
-
-    fn listener(&mut self, kind: &str) -> SocketAddr {
-        let needle = format!("{kind} listener on ");
-        let line = self.wait_for(&needle);
-        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
-        rest.split_whitespace().next().unwrap().parse().unwrap()
+            upgrade,
+            direct,
+            metrics,
+        }
     }
 
     /// Everything the router logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_for(&mut self, needle: &str) -> String {
-        let started = Instant::now();
-        loop {
-            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "alpn-router exited ({status}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "no log line {needle:?} within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_for(needle)
     }
 
     /// Sends a signal (`HUP`, `TERM`) to the router.
     pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        self.process.signal(name)
+    }
+
+    /// Waits for the router to exit; returns whether it exited cleanly.
+    pub fn wait_exit(&mut self) -> bool {
+        self.process.wait_exit()
     }
 
     /// Replaces the configuration file (for a reload).
     pub fn rewrite(&self, toml: &str) {
         std::fs::write(&self.config, toml).unwrap();
-    }
-
-    /// Waits for the router to exit; returns whether it exited cleanly.
-    pub fn wait_exit(&mut self) -> bool {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "alpn-router still running:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// A GET on the metrics listener.
@@ -245,17 +289,6 @@ impl RouterProcess {
         s.read_to_string(&mut out).unwrap();
         out
     }
-}
-
-impl Drop for RouterProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn unbound() -> SocketAddr {
-    "0.0.0.0:0".parse().unwrap()
 }
 
 /// A backend on loopback: each connection runs `handler` in its own thread.

@@ -1,0 +1,387 @@
+//! The client, `alpn-tunnel` and its library, against the real chain: nginx as
+//! the TLS-terminating load balancer (no ALPN passthrough) in front of Envoy with
+//! the filter, in front of the router; and against the router's direct port.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use alpn_router::client::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
+use alpn_router::framing::{Framing, Subprotocol};
+use integration_tests::envoy::{Bootstrap, Envoy};
+use integration_tests::nginx::Nginx;
+use sha1::{Digest, Sha1};
+use support::{backend, config, echo, Backend, Logged, Pki, RouterProcess, DEADLINE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+/// The whole server side, as a user meets it.
+struct Chain {
+    pki: Pki,
+    router: RouterProcess,
+    _envoy: Envoy,
+    nginx: Nginx,
+    _echo: Backend,
+}
+
+fn chain() -> Chain {
+    let pki = Pki::new();
+    let echo_backend = backend(echo);
+    let routes = format!(
+        "[[route]]\nalpn = \"echo\"\nbackend = \"{a}\"\n[[route]]\nalpn = \"pg\"\nbackend = \"{a}\"\nclient_ca = \"clients-ca.pem\"\n",
+        a = echo_backend.addr
+    );
+    let router = RouterProcess::start(pki.dir.path(), &config(&routes));
+    let envoy = Envoy::start(
+        &Bootstrap::shipped("behind-l7.yaml")
+            .port(8080, 0)
+            .port(9001, router.upgrade.port())
+            .port(8081, 1),
+    );
+    let nginx = Nginx::start(envoy.listener("web"), Duration::from_secs(60));
+    Chain {
+        pki,
+        router,
+        _envoy: envoy,
+        nginx,
+        _echo: echo_backend,
+    }
+}
+
+impl Chain {
+    fn behind_proxy(&self) -> String {
+        format!("https://{}", self.nginx.addr)
+    }
+
+    fn direct(&self) -> String {
+        format!("https://{}", self.router.direct)
+    }
+
+    fn options(&self, upgrade: UpgradeMode) -> Options {
+        Options {
+            sni: Some("router.test".into()),
+            ca: Some(vec![self.pki.server_ca.clone()]),
+            outer_ca: Some(vec![self.nginx.cert.der()]),
+            upgrade,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(5),
+                tls: Duration::from_secs(5),
+                upgrade: Duration::from_secs(5),
+            },
+            ..Options::default()
+        }
+    }
+
+    fn client(&self, server: &str, alpn: &str, upgrade: UpgradeMode) -> Client {
+        Client::new(
+            ServerUrl::parse(server).unwrap(),
+            alpn,
+            self.options(upgrade),
+        )
+        .unwrap()
+    }
+
+    /// `alpn-tunnel SUBCOMMAND` with the CAs and the inner name set.
+    fn cli(&self, sub: &str, server: &str, alpn: &str) -> Command {
+        self.cli_trusting(
+            sub,
+            server,
+            alpn,
+            &self.pki.path("router-ca.pem"),
+            &self.nginx.cert.pem,
+        )
+    }
+
+    /// The same, trusting `ca` for the router and `outer_ca` for the load balancer.
+    fn cli_trusting(
+        &self,
+        sub: &str,
+        server: &str,
+        alpn: &str,
+        ca: &std::path::Path,
+        outer_ca: &std::path::Path,
+    ) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_alpn-tunnel"));
+        c.args([
+            sub,
+            "--server",
+            server,
+            "--alpn",
+            alpn,
+            "--sni",
+            "router.test",
+            "--timeout",
+            "5s",
+        ]);
+        c.arg("--ca")
+            .arg(ca)
+            .arg("--outer-ca")
+            .arg(outer_ca)
+            .env_remove("ALPN_TUNNEL_UPGRADE");
+        c
+    }
+}
+
+fn run(mut c: Command) -> (bool, String, String) {
+    let out = c.stdin(Stdio::null()).output().expect("run alpn-tunnel");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn payload(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detection_picks_direct_at_the_router_and_an_upgrade_behind_the_proxy() {
+    let c = chain();
+    assert_eq!(
+        c.client(&c.direct(), "echo", UpgradeMode::Auto)
+            .path()
+            .await
+            .unwrap(),
+        Path::Direct
+    );
+    assert_eq!(
+        c.client(&c.behind_proxy(), "echo", UpgradeMode::Auto)
+            .path()
+            .await
+            .unwrap(),
+        Path::Upgrade(Framing::WebSocket(Subprotocol::Alpn)),
+        "WebSocket is the default framing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_framing_carries_a_large_payload_through_the_proxy() {
+    let c = chain();
+    let modes = [
+        UpgradeMode::Auto,
+        UpgradeMode::Framing(Framing::Alpn),
+        UpgradeMode::Framing(Framing::AlpnPing),
+        UpgradeMode::Framing(Framing::WebSocket(Subprotocol::Alpn)),
+        UpgradeMode::Framing(Framing::WebSocket(Subprotocol::AlpnPing)),
+    ];
+    for (i, mode) in modes.into_iter().enumerate() {
+        let (stream, path) = c
+            .client(&c.behind_proxy(), "echo", mode)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let sent = payload(4 << 20, 0xfeed_5eed + i as u64);
+        let expect = Sha1::digest(&sent).to_vec();
+        let writer = tokio::spawn(async move {
+            wr.write_all(&sent).await.unwrap();
+            wr.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        timeout(DEADLINE, rd.read_to_end(&mut back))
+            .await
+            .expect("in time")
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        writer.await.unwrap();
+        assert_eq!(
+            Sha1::digest(&back).to_vec(),
+            expect,
+            "{path}: {} bytes back",
+            back.len()
+        );
+    }
+}
+
+#[test]
+fn forward_serves_a_local_port_per_service() {
+    let c = chain();
+    let mut forward = c.cli("forward", &c.behind_proxy(), "echo=127.0.0.1:0");
+    forward
+        .args(["--alpn", "pg=127.0.0.1:0", "--cert"])
+        .arg(c.pki.path("client.pem"))
+        .arg("--key")
+        .arg(c.pki.path("client.key"));
+    let mut process = Logged::spawn(&mut forward);
+    let mut local = |alpn: &str| -> SocketAddr {
+        let line = process.wait_for(&format!(" for {alpn} at "));
+        line.split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    for port in [local("echo"), local("pg")] {
+        let mut s = TcpStream::connect(port).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let sent = payload(1 << 20, port.port() as u64);
+        let mut writer = s.try_clone().unwrap();
+        let to_send = sent.clone();
+        let t = std::thread::spawn(move || writer.write_all(&to_send).unwrap());
+        let mut back = vec![0u8; sent.len()];
+        s.read_exact(&mut back).unwrap();
+        t.join().unwrap();
+        assert!(back == sent, "{port}: the echo differs");
+    }
+    let line = process.wait_for("via upgrade websocket:");
+    assert!(line.contains("bytes sent"), "{line}");
+}
+
+#[test]
+fn connect_carries_stdin_and_stdout_as_an_ssh_proxy_command() {
+    let c = chain();
+    let mut child = c
+        .cli("connect", &c.behind_proxy(), "echo")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sent = payload(256 * 1024, 99);
+    let mut stdin = child.stdin.take().unwrap();
+    let to_send = sent.clone();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&to_send).unwrap();
+        // Dropping stdin is the EOF an SSH client sends when it is done.
+    });
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    writer.join().unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+    assert!(
+        out == sent,
+        "stdout differs from stdin ({} of {} bytes)",
+        out.len(),
+        sent.len()
+    );
+    assert!(err.contains("via upgrade websocket"), "{err}");
+}
+
+#[test]
+fn never_behind_the_proxy_fails_with_a_clear_message() {
+    let c = chain();
+    let mut cmd = c.cli("connect", &c.behind_proxy(), "echo");
+    cmd.args(["--upgrade", "never"]);
+    let (ok, _, err) = run(cmd);
+    assert!(!ok);
+    assert!(
+        err.contains("an L7 load balancer is in the way: try --upgrade auto"),
+        "{err}"
+    );
+    // The environment variable overrides detection too.
+    let mut cmd = c.cli("connect", &c.behind_proxy(), "echo");
+    cmd.env("ALPN_TUNNEL_UPGRADE", "never");
+    assert!(run(cmd).2.contains("try --upgrade auto"));
+}
+
+#[test]
+fn probe_names_each_step() {
+    let c = chain();
+    let (ok, out, err) = run(c.cli("probe", &c.behind_proxy(), "echo"));
+    assert!(ok, "{out}{err}");
+    for step in [
+        "1. ok   TCP connect 127.0.0.1:",
+        "TLS offering only \"echo\"",
+        "no_application_protocol alert: an L7 load balancer is in the way; an upgrade is needed",
+        "outer TLS to the load balancer",
+        "ALPN http/1.1",
+        "upgrade websocket on /connectionupgrade",
+        "upgrade alpn-ping on /connectionupgrade",
+        "upgrade alpn on /connectionupgrade",
+        "101 Switching Protocols",
+        "inner TLS via upgrade websocket",
+        "ALPN echo, certificate CN=router.test",
+        "result: tunnels work: an L7 load balancer is in the way: upgrade (websocket)",
+    ] {
+        assert!(out.contains(step), "{step:?} missing from:\n{out}");
+    }
+    let (ok, out, _) = run(c.cli("probe", &c.direct(), "echo"));
+    assert!(
+        ok && out.contains("negotiated \"echo\": no load balancer in the way")
+            && out.contains("inner TLS via direct TLS"),
+        "{out}"
+    );
+}
+
+#[test]
+fn failures_say_what_went_wrong_and_what_to_do() {
+    let c = chain();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cases: Vec<(Command, &str)> = vec![
+        (
+            c.cli("connect", &format!("https://{closed}"), "echo"),
+            "cannot connect to 127.0.0.1:",
+        ),
+        (
+            c.cli_trusting(
+                "connect",
+                &c.behind_proxy(),
+                "echo",
+                &c.pki.path("router-ca.pem"),
+                &c.pki.path("router-ca.pem"),
+            ),
+            "the load balancer's certificate is not trusted: pass its CA with --outer-ca FILE",
+        ),
+        (
+            c.cli_trusting(
+                "connect",
+                &c.behind_proxy(),
+                "echo",
+                &c.pki.path("clients-ca.pem"),
+                &c.nginx.cert.pem,
+            ),
+            "the router's certificate is not trusted",
+        ),
+        (
+            {
+                let mut cmd = c.cli(
+                    "connect",
+                    &format!("{}/elsewhere", c.behind_proxy()),
+                    "echo",
+                );
+                cmd.args(["--upgrade", "alpn"]);
+                cmd
+            },
+            "the server answered 404: /elsewhere is not an upgrade path",
+        ),
+        (
+            c.cli("connect", &c.behind_proxy(), "pg"),
+            "this route requires a client certificate: pass --cert FILE --key FILE",
+        ),
+        (
+            c.cli("connect", &c.behind_proxy(), "nothing-routed"),
+            "the router has no route for this ALPN",
+        ),
+    ];
+    for (cmd, expected) in cases {
+        let (ok, _, err) = run(cmd);
+        assert!(
+            !ok && err.contains(expected),
+            "{expected:?} missing from:\n{err}"
+        );
+    }
+}
