@@ -45,6 +45,7 @@ demo: rust-setup envoy build
 	cargo run --locked -q -p integration-tests --bin demo
 
 setup: rust-setup envoy wasm-test-runner
+	@$(call apt_need,nginx,nginx-light)
 
 rust-setup:
 	@installed=$$(rustup target list --installed); \

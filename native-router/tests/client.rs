@@ -385,3 +385,43 @@ fn failures_say_what_went_wrong_and_what_to_do() {
         );
     }
 }
+
+#[test]
+fn a_server_that_never_answers_fails_within_the_deadline() {
+    // Accepts connections and reads, but never says a word.
+    let silent = backend(|mut conn, _| {
+        let mut sink = [0u8; 1024];
+        while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    for (server, step) in [
+        (
+            format!("https://{}", silent.addr),
+            "the detection TLS handshake",
+        ),
+        (format!("http://{}", silent.addr), "the upgrade answer"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_alpn-tunnel"))
+            .args([
+                "connect",
+                "--server",
+                &server,
+                "--alpn",
+                "echo",
+                "--timeout",
+                "1s",
+            ])
+            .env_remove("ALPN_TUNNEL_UPGRADE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains(&format!(
+                    "{step} to {} did not finish within 1s",
+                    silent.addr
+                )),
+            "{err}"
+        );
+    }
+}

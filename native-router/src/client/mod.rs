@@ -256,7 +256,8 @@ fn roots(
 /// The TLS configurations a connection needs, built once per [`Client`].
 struct Configs {
     inner: Arc<ClientConfig>,
-    outer: Arc<ClientConfig>,
+    /// Only for `https://` servers.
+    outer: Option<Arc<ClientConfig>>,
 }
 
 /// A client for one server and one ALPN: builds its TLS configurations once and
@@ -280,12 +281,12 @@ impl Client {
         let bad = |e: rustls::Error| ClientError::Roots(e.to_string());
         let inner = client_config(&roots(&options.ca)?, &[alpn], options.client_cert.as_ref())
             .map_err(bad)?;
-        let outer_roots = if server.tls {
-            roots(&options.outer_ca)?
-        } else {
-            Vec::new()
+        let outer = match server.tls {
+            true => {
+                Some(client_config(&roots(&options.outer_ca)?, &["http/1.1"], None).map_err(bad)?)
+            }
+            false => None,
         };
-        let outer = client_config(&outer_roots, &["http/1.1"], None).map_err(bad)?;
         Ok(Client {
             server,
             alpn: alpn.to_string(),
@@ -373,17 +374,22 @@ impl Client {
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
         let addr = self.server.authority();
         let t = self.options.timeouts.tls;
-        timeout(
-            t,
-            inner_tls(tcp, self.configs.outer.clone(), &self.server.host),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout {
-            step: "TLS handshake with the load balancer",
-            addr: addr.clone(),
-            after: t,
-        })?
-        .map_err(|error| ClientError::OuterTls { addr, error })
+        let config = self
+            .configs
+            .outer
+            .clone()
+            .ok_or_else(|| ClientError::OuterTls {
+                addr: addr.clone(),
+                error: io::Error::other("no TLS to an http:// server"),
+            })?;
+        timeout(t, inner_tls(tcp, config, &self.server.host))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                step: "TLS handshake with the load balancer",
+                addr: addr.clone(),
+                after: t,
+            })?
+            .map_err(|error| ClientError::OuterTls { addr, error })
     }
 
     async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
