@@ -9,6 +9,7 @@ use std::thread;
 
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::http::{self, exchange, Response};
+use integration_tests::payload;
 use integration_tests::stubs::{self, Stub};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -292,18 +293,6 @@ fn policy_refusals_use_the_client_address_behind_the_load_balancer() {
             .contains("refused GET /connectionupgrade with 403 source_not_allowed"),
         "the refusal is logged"
     );
-}
-
-/// Deterministic bytes that no framing bug could reproduce by accident.
-fn payload(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
 }
 
 #[test]

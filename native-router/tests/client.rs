@@ -13,6 +13,7 @@ use alpn_router::client::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMod
 use alpn_router::framing::{Framing, Subprotocol};
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::nginx::Nginx;
+use integration_tests::payload;
 use sha1::{Digest, Sha1};
 use support::{backend, config, echo, Backend, Logged, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -132,17 +133,6 @@ fn run(mut c: Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn payload(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,9 @@ use alpn_router::framing::{Framed, Framing, Role, Subprotocol};
 use alpn_router::proxy_protocol;
 use alpn_router::tls::client_config;
 use alpn_router::{client, upgrade};
+use integration_tests::payload;
 use sha1::{Digest, Sha1};
-use support::{backend, config, echo, tunnel, Pki, RouterProcess, DEADLINE};
+use support::{backend, config, echo, proxy_then_echo, tunnel, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -25,17 +26,6 @@ const FRAMINGS: [Option<Framing>; 5] = [
 
 fn name(f: Option<Framing>) -> &'static str {
     f.map_or("direct", Framing::name)
-}
-
-fn payload(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
 }
 
 fn digest(bytes: &[u8]) -> Vec<u8> {
@@ -265,22 +255,6 @@ async fn client_certificates_required_refused_and_accepted() {
         metrics.contains(r#"reason="client_certificate_invalid"} 1"#),
         "{metrics}"
     );
-}
-
-/// Reads a PROXY v2 header, records it, then echoes.
-fn proxy_then_echo(mut conn: TcpStream, seen: &Mutex<Vec<Vec<u8>>>) {
-    let mut head = [0u8; 16];
-    if conn.read_exact(&mut head).is_err() {
-        return;
-    }
-    let mut rest = vec![0u8; usize::from(u16::from_be_bytes([head[14], head[15]]))];
-    if conn.read_exact(&mut rest).is_err() {
-        return;
-    }
-    let mut all = head.to_vec();
-    all.extend(rest);
-    seen.lock().unwrap().push(all);
-    echo(conn, seen);
 }
 
 /// An upgrade as Envoy sends it: with the client address header.

@@ -12,26 +12,9 @@ use alpn_router::framing::{Framing, Subprotocol};
 use alpn_router::proxy_protocol;
 use alpn_router::tls::client_config;
 use integration_tests::envoy::{Bootstrap, Envoy};
-use support::{backend, config, echo, Pki, RouterProcess, DEADLINE};
+use support::{backend, config, proxy_then_echo, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
-
-/// Reads the PROXY v2 header, records it, then echoes.
-fn proxy_then_echo(mut conn: std::net::TcpStream, seen: &std::sync::Mutex<Vec<Vec<u8>>>) {
-    use std::io::Read;
-    let mut head = [0u8; 16];
-    if conn.read_exact(&mut head).is_err() {
-        return;
-    }
-    let mut rest = vec![0u8; usize::from(u16::from_be_bytes([head[14], head[15]]))];
-    if conn.read_exact(&mut rest).is_err() {
-        return;
-    }
-    let mut all = head.to_vec();
-    all.extend(rest);
-    seen.lock().unwrap().push(all);
-    echo(conn, seen);
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_through_envoy_then_inner_tls_then_echo() {

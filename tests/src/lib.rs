@@ -42,3 +42,17 @@ pub fn filter_wasm() -> PathBuf {
         "make build",
     )
 }
+
+/// Deterministic pseudo-random bytes (xorshift), so that no framing bug can
+/// reproduce a payload by accident and a failure can be replayed.
+pub fn payload(len: usize, mut seed: u64) -> Vec<u8> {
+    seed |= 1;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}

@@ -78,19 +78,24 @@ pub fn router() -> Stub {
         if conn.write_all(answer.as_bytes()).is_err() || conn.write_all(&rest).is_err() {
             return;
         }
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
+        echo_until_eof(&mut conn);
+    })
+}
+
+/// Echoes every byte until EOF (or an error), then closes the write side.
+pub fn echo_until_eof(conn: &mut TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    return;
                 }
             }
         }
-        let _ = conn.shutdown(std::net::Shutdown::Write);
-    })
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Write);
 }
 
 /// A web application stand-in: answers 200 with the request (head and

@@ -316,18 +316,23 @@ pub fn backend(handler: fn(TcpStream, &Mutex<Vec<Vec<u8>>>)) -> Backend {
 
 /// Echoes until EOF, then closes its write side.
 pub fn echo(mut conn: TcpStream, _: &Mutex<Vec<Vec<u8>>>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
+    integration_tests::stubs::echo_until_eof(&mut conn);
+}
+
+/// Reads a PROXY v2 header, records it, then echoes.
+pub fn proxy_then_echo(mut conn: TcpStream, seen: &Mutex<Vec<Vec<u8>>>) {
+    let mut head = [0u8; 16];
+    if conn.read_exact(&mut head).is_err() {
+        return;
     }
-    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let mut rest = vec![0u8; usize::from(u16::from_be_bytes([head[14], head[15]]))];
+    if conn.read_exact(&mut rest).is_err() {
+        return;
+    }
+    let mut all = head.to_vec();
+    all.extend(rest);
+    seen.lock().unwrap().push(all);
+    echo(conn, seen);
 }
 
 /// Opens a tunnel to `alpns` through `framing` (or directly when `None`),
