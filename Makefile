@@ -45,7 +45,11 @@ demo: rust-setup envoy build
 	cargo run --locked -q -p integration-tests --bin demo
 
 setup: rust-setup envoy wasm-test-runner
+	@# The load balancers and the real backends of the end-to-end tests.
 	@$(call apt_need,nginx,nginx-light)
+	@$(call apt_need,haproxy,haproxy)
+	@$(call apt_need,redis-server,redis-server redis-tools)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(call apt_install,postgresql)
 
 rust-setup:
 	@installed=$$(rustup target list --installed); \

@@ -12,19 +12,19 @@ use std::time::Duration;
 use alpn_router::client::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
 use alpn_router::framing::{Framing, Subprotocol};
 use integration_tests::envoy::{Bootstrap, Envoy};
-use integration_tests::nginx::Nginx;
+use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
-use support::{backend, config, echo, Backend, Logged, Pki, RouterProcess, DEADLINE};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::timeout;
+use support::{
+    backend, config, echo, echo_round_trip, Backend, Logged, Pki, RouterProcess, DEADLINE,
+};
 
 /// The whole server side, as a user meets it.
 struct Chain {
     pki: Pki,
     router: RouterProcess,
     _envoy: Envoy,
-    nginx: Nginx,
+    nginx: LoadBalancer,
     _echo: Backend,
 }
 
@@ -42,7 +42,7 @@ fn chain() -> Chain {
             .port(9001, router.upgrade.port())
             .port(8081, 1),
     );
-    let nginx = Nginx::start(envoy.listener("web"), Duration::from_secs(60));
+    let nginx = LoadBalancer::start(Kind::Nginx, envoy.listener("web"), Duration::from_secs(60));
     Chain {
         pki,
         router,
@@ -171,24 +171,14 @@ async fn each_framing_carries_a_large_payload_through_the_proxy() {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
-        let (mut rd, mut wr) = tokio::io::split(stream);
         let sent = payload(4 << 20, 0xfeed_5eed + i as u64);
-        let expect = Sha1::digest(&sent).to_vec();
-        let writer = tokio::spawn(async move {
-            wr.write_all(&sent).await.unwrap();
-            wr.shutdown().await.unwrap();
-        });
-        let mut back = Vec::new();
-        timeout(DEADLINE, rd.read_to_end(&mut back))
+        let (total, back) = echo_round_trip(stream, &sent)
             .await
-            .expect("in time")
             .unwrap_or_else(|e| panic!("{path}: {e}"));
-        writer.await.unwrap();
         assert_eq!(
-            Sha1::digest(&back).to_vec(),
-            expect,
-            "{path}: {} bytes back",
-            back.len()
+            (total, back),
+            (4 << 20, Sha1::digest(&sent).to_vec()),
+            "{path}: the echo differs"
         );
     }
 }

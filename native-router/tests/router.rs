@@ -12,7 +12,9 @@ use alpn_router::tls::client_config;
 use alpn_router::{client, upgrade};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
-use support::{backend, config, echo, proxy_then_echo, tunnel, Pki, RouterProcess, DEADLINE};
+use support::{
+    backend, config, echo, echo_round_trip, proxy_then_echo, tunnel, Pki, RouterProcess, DEADLINE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -56,28 +58,12 @@ async fn each_framing_carries_a_large_payload_both_ways() {
             .await
             .unwrap_or_else(|e| panic!("{}: {e}\n{}", name(f), router.log()));
         assert_eq!(alpn.as_deref(), Some("echo"), "{}", name(f));
-        let (mut rd, mut wr) = tokio::io::split(stream);
         let sent = payload(8 << 20, 0x1234_5678_9abc_def1 ^ name(f).len() as u64);
-        let expect = digest(&sent);
-        let writer = tokio::spawn(async move {
-            wr.write_all(&sent).await.unwrap();
-            wr.shutdown().await.unwrap();
-        });
-        let mut back = Vec::new();
-        let read = timeout(DEADLINE, rd.read_to_end(&mut back))
+        let (total, back) = echo_round_trip(stream, &sent)
             .await
-            .expect("echo in time");
-        read.unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} after {} bytes\n{}",
-                name(f),
-                back.len(),
-                router.log()
-            )
-        });
-        writer.await.unwrap();
-        assert_eq!(back.len(), 8 << 20, "{}", name(f));
-        assert_eq!(digest(&back), expect, "{}: the bytes differ", name(f));
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", name(f), router.log()));
+        assert_eq!(total, 8 << 20, "{}", name(f));
+        assert_eq!(back, digest(&sent), "{}: the bytes differ", name(f));
     }
     let metrics = router.get("/metrics");
     assert!(metrics.contains(r#"alpn_router_connections_total{listener="upgrade",framing="alpn-ping",route="echo"} 1"#), "{metrics}");

@@ -22,6 +22,27 @@ pub struct Bootstrap {
 }
 
 impl Bootstrap {
+    /// A bootstrap from its text (`name` names the file written for Envoy).
+    pub fn from_text(name: &str, text: String) -> Bootstrap {
+        Bootstrap {
+            name: name.into(),
+            text,
+        }
+    }
+
+    /// The admin interface on port 0, whatever port the file gives it.
+    fn admin_on_port_zero(mut self) -> Bootstrap {
+        let admin = self.text.find("admin:").expect("an admin block");
+        let at = admin
+            + self.text[admin..]
+                .find("port_value: ")
+                .expect("an admin port")
+            + "port_value: ".len();
+        let end = at + self.text[at..].find('}').expect("port_value: N}");
+        self.text.replace_range(at..end, "0");
+        self
+    }
+
     /// Loads `envoy/<name>` and points it at the freshly built filter.
     pub fn shipped(name: &str) -> Bootstrap {
         let path = crate::root().join("envoy").join(name);
@@ -87,7 +108,7 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy on `bootstrap` (admin on port 0) and waits until it serves.
     pub fn start(bootstrap: &Bootstrap) -> Envoy {
-        let bootstrap = bootstrap.clone().port(9901, 0);
+        let bootstrap = bootstrap.clone().admin_on_port_zero();
         let dir = tempfile::tempdir().expect("temporary directory");
         let child = spawn(&bootstrap, dir.path(), &[]);
         let admin_file = dir.path().join("admin.txt");
@@ -126,7 +147,7 @@ impl Envoy {
     /// (a refused configuration, or `--mode validate`); returns status and log.
     pub fn run_to_exit(bootstrap: &Bootstrap, extra: &[&str]) -> (ExitStatus, String) {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut child = spawn(&bootstrap.clone().port(9901, 0), dir.path(), extra);
+        let mut child = spawn(&bootstrap.clone().admin_on_port_zero(), dir.path(), extra);
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("poll envoy") {

@@ -3,9 +3,10 @@
 //! `127.0.0.1:0`, and a small raw HTTP/1.1 client that shows exactly what a
 //! client on the wire would see.
 
+pub mod databases;
 pub mod envoy;
 pub mod http;
-pub mod nginx;
+pub mod load_balancer;
 pub mod stubs;
 pub mod tls;
 

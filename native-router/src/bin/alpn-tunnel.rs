@@ -90,6 +90,9 @@ struct Common {
     /// How often alpn-ping framings ping, so that idle timeouts never fire.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     ping_interval: Duration,
+    /// The local address to connect from (on hosts with several addresses).
+    #[arg(long)]
+    bind: Option<std::net::IpAddr>,
     /// Deadline for each network step (connect, each TLS handshake, the upgrade answer).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -115,6 +118,7 @@ impl Common {
             outer_ca: load(&self.outer_ca)?,
             upgrade: self.upgrade,
             ping_interval: self.ping_interval,
+            bind: self.bind,
             timeouts: Timeouts {
                 connect: self.timeout,
                 tls: self.timeout,

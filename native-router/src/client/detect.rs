@@ -8,12 +8,14 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::time::timeout;
 
 use super::{roots, Client, ClientError, DEFAULT_FRAMING};
 use crate::framing::Framing;
-use crate::tls::client_config;
 
 /// How a tunnel reaches the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +65,8 @@ pub(crate) async fn test_handshake(client: &Client) -> Result<Finding, ClientErr
     if let Ok(outer) = roots(&client.options.outer_ca) {
         trusted.extend(outer);
     }
-    let config = client_config(
-        &trusted,
-        &[client.alpn.as_str()],
-        client.options.client_cert.as_ref(),
-    )
-    .map_err(|e| ClientError::Roots(e.to_string()))?;
+    let config =
+        detection_config(client, &trusted).map_err(|e| ClientError::Roots(e.to_string()))?;
     let tcp = client.tcp().await?;
     let t = client.options.timeouts.tls;
     let result = timeout(t, super::inner_tls(tcp, Arc::clone(&config), client.sni()))
@@ -94,6 +92,83 @@ pub(crate) async fn test_handshake(client: &Client) -> Result<Finding, ClientErr
         Err(e) => classify(&e)
             .map(Finding::LoadBalancerFailure)
             .ok_or_else(|| ClientError::Detect(e.to_string())),
+    }
+}
+
+/// The test handshake's configuration: only the route's ALPN, and a server
+/// certificate that chains to a trusted root and is valid either for the inner
+/// name (the router answered) or for the URL's host (a load balancer did).
+fn detection_config(
+    client: &Client,
+    trusted: &[CertificateDer<'static>],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    for ca in trusted {
+        roots.add(ca.clone())?;
+    }
+    let provider = crate::tls::provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let host = ServerName::try_from(client.server.host.clone())
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let verifier = Arc::new(EitherName { webpki, host });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match &client.options.client_cert {
+        Some(ck) => builder.with_client_auth_cert(ck.chain.clone(), ck.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![client.alpn.as_bytes().to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Full WebPKI verification, for the name sent or for the server's host.
+#[derive(Debug)]
+struct EitherName {
+    webpki: Arc<WebPkiServerVerifier>,
+    host: ServerName<'static>,
+}
+
+impl ServerCertVerifier for EitherName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            .or_else(|_| {
+                self.webpki
+                    .verify_server_cert(end_entity, intermediates, &self.host, ocsp, now)
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 

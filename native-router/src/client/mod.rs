@@ -103,6 +103,8 @@ pub struct Options {
     pub ping_interval: Duration,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// The local address to connect from; default: the system's choice.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl Default for Options {
@@ -115,6 +117,7 @@ impl Default for Options {
             upgrade: UpgradeMode::Auto,
             ping_interval: Duration::from_secs(30),
             timeouts: Timeouts::default(),
+            bind: None,
         }
     }
 }
@@ -339,7 +342,29 @@ impl Client {
     async fn tcp(&self) -> Result<TcpStream, ClientError> {
         let addr = self.server.authority();
         let t = self.options.timeouts.connect;
-        let tcp = timeout(t, TcpStream::connect(&addr))
+        let connect = async {
+            let Some(local) = self.options.bind else {
+                return TcpStream::connect(&addr).await;
+            };
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address of that family");
+            for remote in tokio::net::lookup_host(&addr)
+                .await?
+                .filter(|r| r.is_ipv4() == local.is_ipv4())
+            {
+                let socket = if local.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(std::net::SocketAddr::new(local, 0))?;
+                match socket.connect(remote).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        let tcp = timeout(t, connect)
             .await
             .map_err(|_| ClientError::Timeout {
                 step: "TCP connect",

@@ -429,3 +429,38 @@ pub fn other_cert(dir: &Path) -> CertificateDer<'static> {
     std::fs::write(dir.join("other.key"), key).unwrap();
     ca.der().clone()
 }
+
+/// Sends `data` through an echo tunnel and reads everything back; returns how
+/// many bytes came back and their SHA-1. Both directions are driven from this
+/// one task, as a tunnel stream requires (TLS and the framings write from their
+/// read side, so a second task would lose its wake-ups).
+pub async fn echo_round_trip(
+    stream: Box<dyn Io>,
+    data: &[u8],
+) -> std::io::Result<(usize, Vec<u8>)> {
+    use sha1::Digest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let write = async {
+        wr.write_all(data).await?;
+        wr.shutdown().await
+    };
+    let read = async {
+        let mut hash = sha1::Sha1::new();
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = tokio::time::timeout(DEADLINE, rd.read(&mut buf))
+                .await
+                .map_err(std::io::Error::other)??;
+            if n == 0 {
+                return Ok::<_, std::io::Error>((total, hash.finalize().to_vec()));
+            }
+            hash.update(&buf[..n]);
+            total += n;
+        }
+    };
+    let (written, read) = tokio::join!(write, read);
+    written?;
+    read
+}

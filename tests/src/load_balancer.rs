@@ -1,0 +1,221 @@
+//! The ALB stand-ins of `deploy/load-balancers/` (nginx, HAProxy, Envoy), started
+//! from those very files with the test's ports, paths, certificate and idle
+//! timeout written in. Each terminates TLS with a self-signed certificate,
+//! offers only http/1.1, forwards upgrades and appends X-Forwarded-For.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::envoy::{Bootstrap, Envoy};
+use crate::tls::ServerCert;
+
+/// Which load balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// nginx from Debian.
+    Nginx,
+    /// HAProxy from Debian.
+    Haproxy,
+    /// Envoy as a plain L7 proxy.
+    Envoy,
+}
+
+impl Kind {
+    /// All of them.
+    pub const ALL: [Kind; 3] = [Kind::Nginx, Kind::Haproxy, Kind::Envoy];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+            Kind::Envoy => "envoy",
+        }
+    }
+}
+
+enum Process {
+    Child(Child),
+    /// Kept only to be dropped (which stops Envoy) with the load balancer.
+    Envoy {
+        _running: Box<Envoy>,
+    },
+}
+
+/// A running load balancer.
+pub struct LoadBalancer {
+    process: Process,
+    /// Which one.
+    pub kind: Kind,
+    /// Where it listens (TLS).
+    pub addr: SocketAddr,
+    /// Its certificate (clients pass it as the load balancer's CA).
+    pub cert: ServerCert,
+    _dir: tempfile::TempDir,
+}
+
+/// A configuration file from `deploy/load-balancers/` with values replaced;
+/// each replacement must match exactly `count` times.
+fn render(file: &str, replacements: &[(&str, String, usize)]) -> String {
+    let path = crate::root().join("deploy/load-balancers").join(file);
+    let mut text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (from, to, count) in replacements {
+        let n = text.matches(from).count();
+        assert_eq!(
+            n, *count,
+            "{file}: expected {from:?} {count} times, found {n}"
+        );
+        text = text.replace(from, to);
+    }
+    text
+}
+
+fn binary(candidates: &[&str], package: &str) -> String {
+    candidates
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| panic!("{package} is missing: run `make test`, which installs it"))
+}
+
+impl LoadBalancer {
+    /// Starts `kind` in front of `upstream` (Envoy's HTTP listener) with an idle timeout.
+    pub fn start(kind: Kind, upstream: SocketAddr, idle: Duration) -> LoadBalancer {
+        let idle = format!("{}s", idle.as_secs().max(1));
+        if kind == Kind::Envoy {
+            let dir = tempfile::tempdir().unwrap();
+            let cert = ServerCert::generate(dir.path());
+            let text = render(
+                "envoy-alb.yaml",
+                &[
+                    ("port_value: 8443}", "port_value: 0}".into(), 1),
+                    (
+                        "port_value: 8080}",
+                        format!("port_value: {}}}", upstream.port()),
+                        1,
+                    ),
+                    ("/etc/alb/tls/alb.pem", cert.pem.display().to_string(), 1),
+                    ("/etc/alb/tls/alb.key", cert.key.display().to_string(), 1),
+                    ("60s", idle, 2),
+                ],
+            );
+            let envoy = Envoy::start(&Bootstrap::from_text("envoy-alb.yaml", text));
+            let addr = envoy.listener("alb");
+            return LoadBalancer {
+                process: Process::Envoy {
+                    _running: Box::new(envoy),
+                },
+                kind,
+                addr,
+                cert,
+                _dir: dir,
+            };
+        }
+        // nginx and HAProxy cannot report a port they chose, so a free one is
+        // picked and the start retried if another process took it meanwhile.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let cert = ServerCert::generate(dir.path());
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let listen = format!("127.0.0.1:{port}");
+            let run = dir.path().display().to_string();
+            let mut command = match kind {
+                Kind::Nginx => {
+                    let text = render(
+                        "nginx.conf",
+                        &[
+                            ("/run/alb", run.clone(), 8),
+                            ("127.0.0.1:8443", listen, 1),
+                            ("/etc/alb/tls/alb.pem", cert.pem.display().to_string(), 1),
+                            ("/etc/alb/tls/alb.key", cert.key.display().to_string(), 1),
+                            ("http://127.0.0.1:8080", format!("http://{upstream}"), 1),
+                            ("60s", idle.clone(), 2),
+                        ],
+                    );
+                    let conf = dir.path().join("nginx.conf");
+                    fs::write(&conf, text).unwrap();
+                    let mut c = Command::new(binary(&["/usr/sbin/nginx"], "nginx"));
+                    c.arg("-c").arg(&conf).arg("-p").arg(dir.path());
+                    c
+                }
+                Kind::Haproxy => {
+                    let combined = dir.path().join("alb-with-key.pem");
+                    let pem = fs::read_to_string(&cert.pem).unwrap()
+                        + &fs::read_to_string(&cert.key).unwrap();
+                    fs::write(&combined, pem).unwrap();
+                    let text = render(
+                        "haproxy.cfg",
+                        &[
+                            ("/run/alb", run.clone(), 1),
+                            ("127.0.0.1:8443", listen, 1),
+                            (
+                                "/etc/alb/tls/alb-with-key.pem",
+                                combined.display().to_string(),
+                                1,
+                            ),
+                            ("127.0.0.1:8080", upstream.to_string(), 1),
+                            ("60s", idle.clone(), 3),
+                        ],
+                    );
+                    let conf = dir.path().join("haproxy.cfg");
+                    fs::write(&conf, text).unwrap();
+                    let mut c = Command::new(binary(&["/usr/sbin/haproxy"], "haproxy"));
+                    c.arg("-f").arg(&conf).arg("-db");
+                    c
+                }
+                Kind::Envoy => unreachable!("started above"),
+            };
+            let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
+            let mut child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start the load balancer");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if TcpStream::connect(addr).is_ok() {
+                    return LoadBalancer {
+                        process: Process::Child(child),
+                        kind,
+                        addr,
+                        cert,
+                        _dir: dir,
+                    };
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+                + &fs::read_to_string(dir.path().join("nginx-error.log")).unwrap_or_default();
+            assert!(
+                log.contains("Address already in use") || log.contains("cannot bind"),
+                "{} did not start:\n{log}",
+                kind.name()
+            );
+        }
+        panic!("{} found no free port in 5 tries", kind.name());
+    }
+}
+
+impl Drop for LoadBalancer {
+    fn drop(&mut self) {
+        if let Process::Child(child) = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
