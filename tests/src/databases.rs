@@ -57,12 +57,19 @@ fn running_as_root() -> bool {
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
-/// Runs a PostgreSQL tool as the `postgres` user when we are root (PostgreSQL
-/// refuses to run as root), as ourselves otherwise.
+/// Runs a PostgreSQL program as the `postgres` user when we are root
+/// (PostgreSQL refuses to run as root), as ourselves otherwise. `setpriv` execs
+/// the program, so the child is the program itself and stops with us.
 fn pg_command(tool: &Path) -> Command {
     if running_as_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(tool);
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(tool);
         c
     } else {
         Command::new(tool)
@@ -73,12 +80,17 @@ fn pg_command(tool: &Path) -> Command {
 pub struct Postgres {
     /// Where it listens.
     pub addr: SocketAddr,
-    data: PathBuf,
-    bin: PathBuf,
+    child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Postgres {
+    /// Whether the server binaries are installed.
+    pub fn available() -> bool {
+        fs::read_dir("/usr/lib/postgresql")
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().join("bin/initdb").exists())))
+    }
+
     /// Creates a cluster in a temporary directory and starts it.
     pub fn start() -> Postgres {
         let bin = pg_bin();
@@ -103,30 +115,23 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            dir.path().display()
-        );
-        let out = pg_command(&bin.join("pg_ctl"))
-            .args(["-w", "-t", "30", "-o", &options, "-l"])
-            .arg(dir.path().join("postgres.log"))
+        let log = fs::File::create(dir.path().join("postgres.log")).unwrap();
+        let mut child = pg_command(&bin.join("postgres"))
             .arg("-D")
             .arg(&data)
-            .arg("start")
-            .output()
-            .expect("run pg_ctl start");
-        let log = fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default();
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}{log}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for_port(addr, "PostgreSQL", &mut None);
+        wait_for_port(addr, "PostgreSQL", &mut Some(&mut child));
         Postgres {
             addr,
-            data,
-            bin,
+            child,
             _dir: dir,
         }
     }
@@ -134,13 +139,19 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = pg_command(&self.bin.join("pg_ctl"))
-            .args(["-m", "immediate", "-D"])
-            .arg(&self.data)
-            .arg("stop")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        // SIGINT is PostgreSQL's fast shutdown.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
             .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -153,6 +164,14 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// Whether `redis-server` is installed.
+    pub fn available() -> bool {
+        Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok()
+    }
+
     /// Starts `redis-server` on a loopback port.
     pub fn start() -> Redis {
         let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@ pub mod databases;
 pub mod envoy;
 pub mod http;
 pub mod load_balancer;
+pub mod process;
 pub mod stubs;
 pub mod tls;
 

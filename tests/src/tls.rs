@@ -7,8 +7,44 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+/// A certificate authority for tests and the demo.
+pub fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A certificate signed by a CA, in PEM and DER.
+pub struct Leaf {
+    /// The certificate, PEM.
+    pub pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// The certificate, DER.
+    pub der: CertificateDer<'static>,
+    /// Its private key, DER.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// A certificate for `names` (and common name `cn`) signed by `issuer`.
+pub fn leaf(names: &[&str], cn: &str, issuer: &CertifiedIssuer<'static, KeyPair>) -> Leaf {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let cert = params.signed_by(&key, issuer).unwrap();
+    Leaf {
+        pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+        key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    }
+}
 
 /// A TLS client stream over TCP.
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;

@@ -4,25 +4,27 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
+
+pub use integration_tests::process::Logged;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alpn_router::client;
 use alpn_router::config::CertKey;
 use alpn_router::framing::Framing;
 use alpn_router::tls::client_config;
 use alpn_router::tunnel::Io;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use integration_tests::tls::{self, ca};
+use rcgen::{CertifiedIssuer, KeyPair};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream as AsyncTcp;
 
-/// How long any wait in a test may take.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub use integration_tests::process::DEADLINE;
 
 /// Certificates for a test: the router's, a client's, and a stranger's.
 pub struct Pki {
@@ -36,28 +38,20 @@ pub struct Pki {
     pub stranger: CertKey,
 }
 
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
 fn leaf(
     names: &[&str],
     cn: &str,
     issuer: &CertifiedIssuer<'static, KeyPair>,
 ) -> (String, String, CertKey) {
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    let cert = params.signed_by(&key, issuer).unwrap();
-    let ck = CertKey {
-        chain: vec![cert.der().clone()],
-        key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-    };
-    (cert.pem(), key.serialize_pem(), ck)
+    let l = tls::leaf(names, cn, issuer);
+    (
+        l.pem,
+        l.key_pem,
+        CertKey {
+            chain: vec![l.der],
+            key: l.key,
+        },
+    )
 }
 
 impl Pki {
@@ -122,102 +116,6 @@ key = "server.key"
 {routes}
 "#
     )
-}
-
-/// A child process whose stderr (its log) is collected; killed when dropped.
-pub struct Logged {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Logged {
-    /// Spawns `command` with stderr captured (and stdin/stdout closed).
-    pub fn spawn(command: &mut Command) -> Logged {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the program");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Logged { child, log }
-    }
-
-    /// Everything logged so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits for a log line containing `needle` and returns it.
-    pub fn wait_for(&mut self, needle: &str) -> String {
-        let started = Instant::now();
-        loop {
-            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the program exited ({status}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "no log line {needle:?} within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The address in a log line `... <prefix><address> ...`.
-    pub fn address_after(&mut self, prefix: &str) -> SocketAddr {
-        let line = self.wait_for(prefix);
-        let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
-        rest.split_whitespace().next().unwrap().parse().unwrap()
-    }
-
-    /// Sends a signal (`HUP`, `TERM`).
-    pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    /// Waits for the process to exit; returns whether it exited cleanly.
-    pub fn wait_exit(&mut self) -> bool {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "still running:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The `alpn-router` binary serving a configuration.
