@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: build test demo setup rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: build test demo setup services rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -41,11 +41,14 @@ build: rust-setup
 test: setup lint unit wasm-test integration
 
 ## demo: the filter in a real Envoy, with stand-ins for the router and a web app.
-demo: rust-setup envoy build
+demo: rust-setup envoy services build
 	cargo run --locked -q -p integration-tests --bin demo
 
-setup: rust-setup envoy wasm-test-runner
-	@# The load balancers and the real backends of the end-to-end tests.
+setup: rust-setup envoy wasm-test-runner services
+
+## services: the load balancers and the real backends (Debian packages).
+services:
+	@# The load balancers and the real backends of the end-to-end tests and the demo.
 	@$(call apt_need,nginx,nginx-light)
 	@$(call apt_need,haproxy,haproxy)
 	@$(call apt_need,redis-server,redis-server redis-tools)

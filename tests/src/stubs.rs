@@ -98,6 +98,11 @@ pub fn echo_until_eof(conn: &mut TcpStream) {
     let _ = conn.shutdown(std::net::Shutdown::Write);
 }
 
+/// A TCP echo server: every byte back, until EOF.
+pub fn echo() -> Stub {
+    serve(|mut conn, _| echo_until_eof(&mut conn))
+}
+
 /// A web application stand-in: answers 200 with the request (head and
 /// `Content-Length` body) as its body.
 pub fn web() -> Stub {

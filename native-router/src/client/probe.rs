@@ -102,7 +102,7 @@ fn tls_summary<S>(tls: &tokio_rustls::client::TlsStream<S>) -> String {
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_else(|| "none".into());
     format!(
-        "{:?}, ALPN {alpn}, certificate {}",
+        "{}, ALPN {alpn}, certificate {}",
         conn.protocol_version()
             .map(|v| format!("{v:?}"))
             .unwrap_or_default(),
