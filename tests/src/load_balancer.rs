@@ -133,7 +133,7 @@ impl LoadBalancer {
                         "nginx.conf",
                         &[
                             ("/run/alb", run.clone(), 8),
-                            ("127.0.0.1:8443", listen, 1),
+                            ("listen 8443 ssl;", format!("listen {listen} ssl;"), 1),
                             ("/etc/alb/tls/alb.pem", cert.pem.display().to_string(), 1),
                             ("/etc/alb/tls/alb.key", cert.key.display().to_string(), 1),
                             ("http://127.0.0.1:8080", format!("http://{upstream}"), 1),
