@@ -9,7 +9,7 @@ use std::io;
 use std::net::IpAddr;
 
 use alpn_upgrade_filter::config::Config as Rules;
-use alpn_upgrade_filter::decision::{decide, Refusal, RefusalKind, Verdict};
+use alpn_upgrade_filter::decision::{decide, Refusal, Verdict};
 use alpn_upgrade_filter::rate_limit::MemoryStore;
 use alpn_upgrade_filter::request::Request;
 use base64::Engine as _;
@@ -233,11 +233,6 @@ fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "Error",
     }
-}
-
-/// The status PROTOCOL.md gives a refusal kind, for callers that count them.
-pub fn refusal_status(kind: RefusalKind) -> u16 {
-    kind.status() as u16
 }
 
 /// The client's side: the request for `framing` to `host` on `path`, and the

@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -193,17 +193,8 @@ fn forward_serves_a_local_port_per_service() {
         .arg("--key")
         .arg(c.pki.path("client.key"));
     let mut process = Logged::spawn(&mut forward);
-    let mut local = |alpn: &str| -> SocketAddr {
-        let line = process.wait_for(&format!(" for {alpn} at "));
-        line.split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let mut local =
+        |alpn: &str| process.address_on_line(&format!(" for {alpn} at "), "listening on ");
     for port in [local("echo"), local("pg")] {
         let mut s = TcpStream::connect(port).unwrap();
         s.set_read_timeout(Some(DEADLINE)).unwrap();

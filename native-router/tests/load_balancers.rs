@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -147,18 +147,10 @@ fn real_clients(s: &Setup) {
         .arg(s.pki.path("client.key"))
         .env_remove("ALPN_TUNNEL_UPGRADE");
     let mut forward = Logged::spawn(&mut forward);
-    let mut local = |alpn: &str| -> u16 {
-        let line = forward.wait_for(&format!(" for {alpn} at "));
-        let addr: SocketAddr = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        addr.port()
+    let mut local = |alpn: &str| {
+        forward
+            .address_on_line(&format!(" for {alpn} at "), "listening on ")
+            .port()
     };
     let (pg_port, redis_port) = (local("postgresql"), local("redis"));
 

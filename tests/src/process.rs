@@ -68,7 +68,12 @@ impl Logged {
 
     /// The address in a log line `... <prefix><address> ...`.
     pub fn address_after(&mut self, prefix: &str) -> SocketAddr {
-        let line = self.wait_for(prefix);
+        self.address_on_line(prefix, prefix)
+    }
+
+    /// The address after `prefix` on the first log line containing `needle`.
+    pub fn address_on_line(&mut self, needle: &str, prefix: &str) -> SocketAddr {
+        let line = self.wait_for(needle);
         let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
         rest.split_whitespace().next().unwrap().parse().unwrap()
     }

@@ -147,17 +147,8 @@ fn main() {
         .arg(dir.join("client.key"));
     common(&mut forward);
     let mut forwarder = Logged::spawn(&mut forward);
-    let mut local = |alpn: &str| -> SocketAddr {
-        let line = forwarder.wait_for(&format!(" for {alpn} at "));
-        line.split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let mut local =
+        |alpn: &str| forwarder.address_on_line(&format!(" for {alpn} at "), "listening on ");
     let echo_port = local("echo");
     let pg_port = pg.as_ref().map(|_| local("postgresql"));
     let redis_port = redis.as_ref().map(|_| local("redis"));
