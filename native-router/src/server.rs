@@ -313,7 +313,7 @@ async fn connection(router: &Router, kind: Kind, socket: TcpStream, peer: Socket
         return serve_tls(router, &generation, &mut conn, socket).await;
     }
     let Some(up) = generation.config.upgrade.as_ref() else {
-        return;
+        return warn!("conn {id} peer={peer} listener=upgrade: closed: the configuration reloaded since start has no [upgrade]");
     };
     let limits = &generation.config.limits;
     let mut stream: Box<dyn Io> = match &generation.upgrade_tls {
