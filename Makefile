@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: build test demo setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: build test demo bench setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -51,6 +51,9 @@ services:
 	@# The load balancers and the real backends of the end-to-end tests and the demo,
 	@# and kill(1), which the tests use to send signals.
 	@$(call apt_need,kill,procps)
+	@# Benchmark peers and load generator (also run once, tiny, by make test).
+	@$(call apt_need,wrk,wrk)
+	@ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || $(call apt_install,libnginx-mod-stream)
 	@$(call apt_need,nginx,nginx-light)
 	@$(call apt_need,haproxy,haproxy)
 	@$(call apt_need,redis-server,redis-server redis-tools)
@@ -119,6 +122,12 @@ $(COMPOSE_SCHEMA):
 $(COMPOSE_PY_STAMP): $(ENVOY_STAMP)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema pyyaml
 	touch $@
+
+## bench: the benchmarks against nginx stream, HAProxy and Envoy (release
+## builds); writes bench/results/latest.json, bench/plots/*.svg, BENCHMARKS.md.
+bench: rust-setup envoy services
+	cargo build --locked --release -p alpn-router -p alpn-bench
+	ALPN_ROUTER_BIN=$(ROOT)/target/release/alpn-router $(ROOT)/target/release/alpn-bench
 
 ## envoy-config: refill the bootstraps in envoy/ from envoy/fragment.yaml.
 envoy-config:

@@ -143,6 +143,9 @@ impl HttpContext for UpgradeHttp {
             return Action::Continue;
         };
         let config = &state.config;
+        if is_ordinary(config) {
+            return Action::Continue;
+        }
         let headers: Vec<(String, String)> =
             match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
                 Ok(headers) => headers,
@@ -254,6 +257,26 @@ impl UpgradeHttp {
         }
         Action::Pause
     }
+}
+
+/// Whether a request is certainly neither on an upgrade path nor an upgrade:
+/// three header look-ups instead of copying the whole map out of Envoy, so that
+/// ordinary traffic pays almost nothing for the filter. Such a request would
+/// get `Verdict::Pass` from the decision anyway.
+fn is_ordinary(config: &Config) -> bool {
+    let header = |name: &str| {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    };
+    let Some(path) = header(":path") else {
+        return false;
+    };
+    let path = String::from_utf8_lossy(&path);
+    let path_only = path.split(['?', '#']).next().unwrap_or("");
+    !config.is_upgrade_path(path_only)
+        && header("upgrade").is_none()
+        && header(&config.duplicate_upgrade_header).is_none()
 }
 
 fn show(addr: Option<IpAddr>) -> String {

@@ -115,24 +115,15 @@ impl LoadBalancer {
                 _dir: dir,
             };
         }
-        // nginx and HAProxy cannot report a port they chose, so a free one is
-        // picked and the start retried if another process took it meanwhile.
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let cert = ServerCert::generate(dir.path());
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+        let (child, addr, cert, dir) = spawn_on_free_port(kind.name(), |port, dir, cert| {
             let listen = format!("127.0.0.1:{port}");
-            let run = dir.path().display().to_string();
-            let mut command = match kind {
+            let run = dir.display().to_string();
+            match kind {
                 Kind::Nginx => {
                     let text = render(
                         "nginx.conf",
                         &[
-                            ("/run/alb", run.clone(), 8),
+                            ("/run/alb", run, 8),
                             ("listen 8443 ssl;", format!("listen {listen} ssl;"), 1),
                             ("/etc/alb/tls/alb.pem", cert.pem.display().to_string(), 1),
                             ("/etc/alb/tls/alb.key", cert.key.display().to_string(), 1),
@@ -140,75 +131,101 @@ impl LoadBalancer {
                             ("60s", idle.clone(), 2),
                         ],
                     );
-                    let conf = dir.path().join("nginx.conf");
-                    fs::write(&conf, text).unwrap();
-                    let mut c = Command::new(binary(&["/usr/sbin/nginx"], "nginx"));
-                    c.arg("-c").arg(&conf).arg("-p").arg(dir.path());
-                    c
+                    nginx_command(dir, &text)
                 }
                 Kind::Haproxy => {
-                    let combined = dir.path().join("alb-with-key.pem");
-                    let pem = fs::read_to_string(&cert.pem).unwrap()
-                        + &fs::read_to_string(&cert.key).unwrap();
-                    fs::write(&combined, pem).unwrap();
                     let text = render(
                         "haproxy.cfg",
                         &[
-                            ("/run/alb", run.clone(), 1),
+                            ("/run/alb", run, 1),
                             ("127.0.0.1:8443", listen, 1),
                             (
                                 "/etc/alb/tls/alb-with-key.pem",
-                                combined.display().to_string(),
+                                cert.combined(dir).display().to_string(),
                                 1,
                             ),
                             ("127.0.0.1:8080", upstream.to_string(), 1),
                             ("60s", idle.clone(), 3),
                         ],
                     );
-                    let conf = dir.path().join("haproxy.cfg");
-                    fs::write(&conf, text).unwrap();
-                    let mut c = Command::new(binary(&["/usr/sbin/haproxy"], "haproxy"));
-                    c.arg("-f").arg(&conf).arg("-db");
-                    c
+                    haproxy_command(dir, &text)
                 }
                 Kind::Envoy => unreachable!("started above"),
-            };
-            let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
-            let mut child = command
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start the load balancer");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(10) {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if TcpStream::connect(addr).is_ok() {
-                    return LoadBalancer {
-                        process: Process::Child(child),
-                        kind,
-                        addr,
-                        cert,
-                        _dir: dir,
-                    };
-                }
-                thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-                + &fs::read_to_string(dir.path().join("nginx-error.log")).unwrap_or_default();
-            assert!(
-                log.contains("Address already in use") || log.contains("cannot bind"),
-                "{} did not start:\n{log}",
-                kind.name()
-            );
+        });
+        LoadBalancer {
+            process: Process::Child(child),
+            kind,
+            addr,
+            cert,
+            _dir: dir,
         }
-        panic!("{} found no free port in 5 tries", kind.name());
     }
+}
+
+/// nginx (from Debian) running configuration `text`, written into `dir`.
+pub fn nginx_command(dir: &Path, text: &str) -> Command {
+    let conf = dir.join("nginx.conf");
+    fs::write(&conf, text).unwrap();
+    let mut c = Command::new(binary(&["/usr/sbin/nginx"], "nginx"));
+    c.arg("-c").arg(&conf).arg("-p").arg(dir);
+    c
+}
+
+/// HAProxy (from Debian) running configuration `text`, written into `dir`.
+pub fn haproxy_command(dir: &Path, text: &str) -> Command {
+    let conf = dir.join("haproxy.cfg");
+    fs::write(&conf, text).unwrap();
+    let mut c = Command::new(binary(&["/usr/sbin/haproxy"], "haproxy"));
+    c.arg("-f").arg(&conf).arg("-db");
+    c
+}
+
+/// Starts a server that cannot report a port it chose itself (nginx, HAProxy):
+/// a free port is picked, `command_for(port, dir, cert)` builds the command, and
+/// the start is retried if another process took the port meanwhile. Returns the
+/// process, its address, its certificate and its directory.
+pub fn spawn_on_free_port(
+    name: &str,
+    mut command_for: impl FnMut(u16, &Path, &ServerCert) -> Command,
+) -> (Child, SocketAddr, ServerCert, tempfile::TempDir) {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = ServerCert::generate(dir.path());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let mut child = command_for(port, dir.path(), &cert)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if TcpStream::connect(addr).is_ok() {
+                return (child, addr, cert, dir);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+            + &fs::read_to_string(dir.path().join("nginx-error.log")).unwrap_or_default()
+            + &fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+        assert!(
+            log.contains("Address already in use") || log.contains("cannot bind"),
+            "{name} did not start:\n{log}"
+        );
+    }
+    panic!("{name} found no free port in 5 tries");
 }
 
 impl Drop for LoadBalancer {

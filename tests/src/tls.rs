@@ -74,6 +74,14 @@ impl ServerCert {
         }
     }
 
+    /// The certificate and its key in one PEM file in `dir` (HAProxy's form).
+    pub fn combined(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("combined.pem");
+        let pem = fs::read_to_string(&self.pem).unwrap() + &fs::read_to_string(&self.key).unwrap();
+        fs::write(&path, pem).unwrap();
+        path
+    }
+
     /// The certificate, for trust stores.
     pub fn der(&self) -> CertificateDer<'static> {
         self.der.clone()

@@ -1,0 +1,217 @@
+//! The TLS terminators measured side by side, all in front of the same echo
+//! backend: the router's direct port, nginx `stream`, HAProxy in TCP mode,
+//! Envoy with `tcp_proxy`; and plain TCP to the backend as the ceiling.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use integration_tests::envoy::{Bootstrap, Envoy};
+use integration_tests::load_balancer::{haproxy_command, nginx_command, spawn_on_free_port};
+use integration_tests::process::Logged;
+use integration_tests::tls::ServerCert;
+use rustls::pki_types::CertificateDer;
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Plain TCP straight to the backend: the ceiling on this machine.
+    RawTcp,
+    /// alpn-router's direct TLS listener.
+    Router,
+    /// nginx `stream` terminating TLS.
+    NginxStream,
+    /// HAProxy `mode tcp` with `ssl`.
+    Haproxy,
+    /// Envoy terminating TLS with `tcp_proxy`.
+    Envoy,
+}
+
+impl Peer {
+    /// The TLS terminators and the ceiling, in report order.
+    pub const ALL: [Peer; 5] = [
+        Peer::RawTcp,
+        Peer::Router,
+        Peer::NginxStream,
+        Peer::Haproxy,
+        Peer::Envoy,
+    ];
+
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::RawTcp => "raw TCP (ceiling)",
+            Peer::Router => "alpn-router",
+            Peer::NginxStream => "nginx stream",
+            Peer::Haproxy => "HAProxy tcp+ssl",
+            Peer::Envoy => "Envoy tcp_proxy",
+        }
+    }
+}
+
+/// Where to connect to a peer, and how to trust it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its certificate (`None` for raw TCP).
+    pub cert: Option<CertificateDer<'static>>,
+    /// The ALPN to offer (the router routes by it).
+    pub alpn: Option<&'static str>,
+}
+
+/// A running peer.
+pub struct Running {
+    /// Which peer.
+    pub peer: Peer,
+    /// How to reach it.
+    pub target: Target,
+    /// Keeps the process (and its files) alive.
+    _guard: Guard,
+}
+
+/// What keeps a peer running; its files live as long as it does.
+enum Guard {
+    None,
+    Child {
+        child: Child,
+        _dir: tempfile::TempDir,
+    },
+    Logged {
+        _process: Box<Logged>,
+        _dir: tempfile::TempDir,
+    },
+    Envoy {
+        _envoy: Box<Envoy>,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Guard::Child { child, .. } = &mut self._guard {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn render(file: &str, replacements: &[(&str, String)]) -> String {
+    let path = integration_tests::root().join("bench/peers").join(file);
+    let mut text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (from, to) in replacements {
+        assert!(text.contains(from), "{file}: no {from:?}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// Starts `peer` in front of `backend`, using the router binary `router_bin`.
+pub fn start(peer: Peer, backend: SocketAddr, router_bin: &Path) -> Running {
+    match peer {
+        Peer::RawTcp => Running {
+            peer,
+            target: Target {
+                addr: backend,
+                cert: None,
+                alpn: None,
+            },
+            _guard: Guard::None,
+        },
+        Peer::Router => {
+            let dir = tempfile::tempdir().unwrap();
+            let cert = ServerCert::generate(dir.path());
+            let config = format!(
+                "[direct]\nlisten = \"127.0.0.1:0\"\n\n[limits]\nmax_connections = 100000\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+                 [[route]]\nalpn = \"bench\"\nbackend = \"{backend}\"\n",
+                cert.pem.display(),
+                cert.key.display()
+            );
+            let file: PathBuf = dir.path().join("router.toml");
+            fs::write(&file, config).unwrap();
+            let mut process = Logged::spawn(
+                Command::new(router_bin)
+                    .args(["serve", "--config"])
+                    .arg(&file)
+                    .env("RUST_LOG", "info"),
+            );
+            let addr = process.address_after("direct listener on ");
+            Running {
+                peer,
+                target: Target {
+                    addr,
+                    cert: Some(cert.der()),
+                    alpn: Some("bench"),
+                },
+                _guard: Guard::Logged {
+                    _process: Box::new(process),
+                    _dir: dir,
+                },
+            }
+        }
+        Peer::NginxStream | Peer::Haproxy => {
+            let (child, addr, cert, dir) = spawn_on_free_port(peer.name(), |port, dir, cert| {
+                let run = ("/run/bench", dir.display().to_string());
+                let listen = ("127.0.0.1:9443", format!("127.0.0.1:{port}"));
+                let upstream = ("127.0.0.1:7000", backend.to_string());
+                if peer == Peer::NginxStream {
+                    let pem = ("/etc/bench/tls/server.pem", cert.pem.display().to_string());
+                    let key = ("/etc/bench/tls/server.key", cert.key.display().to_string());
+                    nginx_command(
+                        dir,
+                        &render("nginx-stream.conf", &[run, listen, upstream, pem, key]),
+                    )
+                } else {
+                    let combined = (
+                        "/etc/bench/tls/combined.pem",
+                        cert.combined(dir).display().to_string(),
+                    );
+                    haproxy_command(
+                        dir,
+                        &render("haproxy-tcp.cfg", &[run, listen, upstream, combined]),
+                    )
+                }
+            });
+            Running {
+                peer,
+                target: Target {
+                    addr,
+                    cert: Some(cert.der()),
+                    alpn: None,
+                },
+                _guard: Guard::Child { child, _dir: dir },
+            }
+        }
+        Peer::Envoy => {
+            let dir = tempfile::tempdir().unwrap();
+            let cert = ServerCert::generate(dir.path());
+            let replacements = [
+                ("/etc/bench/tls/server.pem", cert.pem.display().to_string()),
+                ("/etc/bench/tls/server.key", cert.key.display().to_string()),
+                ("port_value: 9443}", "port_value: 0}".into()),
+                (
+                    "port_value: 7000}",
+                    format!("port_value: {}}}", backend.port()),
+                ),
+            ];
+            let envoy = Envoy::start(&Bootstrap::from_text(
+                "envoy-tcp.yaml",
+                render("envoy-tcp.yaml", &replacements),
+            ));
+            let addr = envoy.listener("tls");
+            Running {
+                peer,
+                target: Target {
+                    addr,
+                    cert: Some(cert.der()),
+                    alpn: None,
+                },
+                _guard: Guard::Envoy {
+                    _envoy: Box::new(envoy),
+                    _dir: dir,
+                },
+            }
+        }
+    }
+}
