@@ -163,6 +163,69 @@ fn parse_latency(v: &str) -> f64 {
     number.parse::<f64>().map_or(f64::NAN, |n| n * scale)
 }
 
+/// Resident memory (KiB) of process `pid` and all its descendants.
+pub fn tree_rss_kib(pid: u32) -> u64 {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // The parent is the 4th field of /proc/PID/stat, after the parenthesised name.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(p);
+        }
+    }
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        total += std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        stack.extend(children.get(&p).into_iter().flatten());
+    }
+    total
+}
+
+/// The server's memory per idle tunnel (KiB): `count` tunnels are opened (TLS
+/// done, one byte echoed through, so the backend connection exists too) and
+/// held; the growth of the server's resident memory is divided by `count`.
+pub async fn idle_memory(peer: &Target, pid: u32, count: usize) -> io::Result<f64> {
+    // Warm up, so that the first connection's one-time allocations do not count.
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..8 {
+        held.push(open_idle(peer).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = tree_rss_kib(pid);
+    for _ in 0..count {
+        held.push(open_idle(peer).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = tree_rss_kib(pid);
+    drop(held);
+    Ok(after.saturating_sub(before) as f64 / count as f64)
+}
+
+async fn open_idle(peer: &Target) -> io::Result<Box<dyn Io>> {
+    let mut s = connect(peer, true).await?;
+    s.write_all(b"x").await?;
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).await?;
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

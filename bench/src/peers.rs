@@ -88,6 +88,18 @@ enum Guard {
     },
 }
 
+impl Running {
+    /// The process serving the peer (nginx's master, whose workers are its
+    /// children), if it is a process of its own.
+    pub fn pid(&self) -> Option<u32> {
+        match &self._guard {
+            Guard::None | Guard::Envoy { .. } => None,
+            Guard::Child { child, .. } => Some(child.id()),
+            Guard::Logged { _process, .. } => Some(_process.pid()),
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Guard::Child { child, .. } = &mut self._guard {

@@ -43,6 +43,8 @@ pub struct Scenario {
     pub baseline: &'static str,
     /// The subject with a target, the ratio to the baseline it must reach, and the target in words.
     pub target: Option<(&'static str, f64, &'static str)>,
+    /// A bound the target subject's figure must also keep (for lower-is-better scenarios).
+    pub absolute_limit: Option<f64>,
     /// How it was measured.
     pub method: String,
     /// The figures.
@@ -50,6 +52,20 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// Whether the target is met: the ratio on the right side of the wanted one,
+    /// and the figure within the absolute limit if there is one.
+    pub fn target_met(&self) -> Option<bool> {
+        let (subject, want, _) = self.target?;
+        let ratio = self.ratio(subject)?;
+        let value = self.rows.iter().find(|r| r.subject == subject)?.value;
+        let ratio_ok = if self.higher_is_better {
+            ratio >= want
+        } else {
+            ratio <= want
+        };
+        Some(ratio_ok && self.absolute_limit.is_none_or(|limit| value <= limit))
+    }
+
     /// `subject`'s figure divided by the baseline's.
     pub fn ratio(&self, subject: &str) -> Option<f64> {
         let value = |name: &str| {
@@ -195,9 +211,13 @@ pub fn markdown(env: &Environment, scenarios: &[Scenario], date: &str, plots_rel
         "## Targets\n\n| target | subject | ratio to baseline | met |\n|---|---|---|---|\n",
     );
     for s in scenarios {
-        if let Some((subject, want, words)) = s.target {
+        if let Some((subject, _, words)) = s.target {
             let ratio = s.ratio(subject);
-            let met = ratio.map_or("not measured", |r| if r >= want { "yes" } else { "no" });
+            let met = match s.target_met() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "not measured",
+            };
             let _ = writeln!(
                 md,
                 "| {} ({words}) | {subject} | {} | {met} |",
