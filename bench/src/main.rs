@@ -1,39 +1,76 @@
 //! `alpn-bench`: runs the benchmarks and writes `bench/results/latest.json`,
-//! `bench/plots/*.svg` and `BENCHMARKS.md`. `--quick` runs a tiny iteration of
-//! each scenario into a temporary directory (the smoke test).
+//! `bench/plots/*.svg` and `BENCHMARKS.md`.
 
 use std::path::PathBuf;
 
-use alpn_bench::{report, run, Settings};
+use alpn_bench::{backend, report, run, Settings};
+use clap::{Parser, Subcommand};
+
+/// The benchmarks against nginx stream, HAProxy and Envoy, side by side in one
+/// run (`make bench` builds in release mode and runs this).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// A tiny iteration of each scenario, written to a temporary directory (the
+    /// smoke test): checks that everything runs, measures nothing.
+    #[arg(long)]
+    quick: bool,
+    /// The router to measure.
+    #[arg(long, env = "ALPN_ROUTER_BIN", default_value_os_t = sibling("alpn-router"))]
+    router: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the benchmark backend (echo, download and HTTP ports) until killed;
+    /// the bench starts it as a process of its own.
+    Backend,
+}
+
+/// A binary next to this one.
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .map(|p| p.with_file_name(name))
+        .unwrap_or_else(|_| name.into())
+}
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let router_bin = std::env::var_os("ALPN_ROUTER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::current_exe()
-                .expect("own path")
-                .with_file_name("alpn-router")
-        });
-    let settings = Settings { quick, router_bin };
+    let args = Args::parse();
+    if let Some(Command::Backend) = args.command {
+        return Ok(tokio::runtime::Runtime::new()?.block_on(backend::serve())?);
+    }
+    let settings = Settings {
+        quick: args.quick,
+        router_bin: args.router,
+        bench_bin: std::env::current_exe()?,
+    };
     let scenarios = tokio::runtime::Runtime::new()?.block_on(run(&settings))?;
-    let env = report::environment(&settings.router_bin);
+    let environment = report::environment(&settings.router_bin);
     let date = String::from_utf8_lossy(
         &std::process::Command::new("date")
-            .arg("-u")
-            .arg("+%Y-%m-%d %H:%M UTC")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
             .output()?
             .stdout,
     )
     .trim()
     .to_string();
     let root = integration_tests::root();
+    let discussion = std::fs::read_to_string(root.join("bench/discussion.md"))?;
+    let report = report::Report {
+        date: &date,
+        environment: &environment,
+        scenarios: &scenarios,
+        discussion: &discussion,
+    };
     let scratch = tempfile::tempdir()?;
-    let (results, plots, markdown) = if quick {
+    let (results, plots, markdown) = if args.quick {
+        let dir = scratch.path();
         (
-            scratch.path().to_path_buf(),
-            scratch.path().join("plots"),
-            scratch.path().join("BENCHMARKS.md"),
+            dir.to_path_buf(),
+            dir.join("plots"),
+            dir.join("BENCHMARKS.md"),
         )
     } else {
         (
@@ -42,15 +79,7 @@ fn main() -> anyhow::Result<()> {
             root.join("BENCHMARKS.md"),
         )
     };
-    report::write(
-        &results,
-        &plots,
-        &markdown,
-        "bench/plots",
-        &env,
-        &scenarios,
-        &date,
-    )?;
+    report::write(&report, &results, &plots, &markdown, "bench/plots")?;
     print!("{}", std::fs::read_to_string(&markdown)?);
     Ok(())
 }

@@ -1,7 +1,9 @@
-//! The measurements: bulk throughput through a peer, TLS handshakes per second,
-//! and HTTP requests per second with wrk. Each connection is driven from one
-//! task (both directions joined), as tunnel streams require.
+//! The measurements: bulk transfers, downloads, TLS handshakes per second, HTTP
+//! requests per second with wrk, latency percentiles, and a server's memory and
+//! CPU read from /proc. Each connection is driven from one task (both
+//! directions joined), as tunnel streams require.
 
+use std::collections::HashMap;
 use std::io;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use alpn_router::tls::client_config;
 use alpn_router::tunnel::Io;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::peers::Target;
@@ -71,13 +73,18 @@ async fn echo(mut stream: Box<dyn Io>, bytes: usize) -> io::Result<()> {
     r
 }
 
-/// Bulk throughput: `streams` connections each carry `bytes` each way at once;
-/// returns MiB/s each way over all of them.
-pub async fn throughput(peer: &Target, bytes: usize, streams: usize) -> io::Result<f64> {
+/// Opens `streams` connections to `peer`.
+pub async fn connect_all(peer: &Target, streams: usize) -> io::Result<Vec<Box<dyn Io>>> {
     let mut conns = Vec::with_capacity(streams);
     for _ in 0..streams {
         conns.push(connect(peer, true).await?);
     }
+    Ok(conns)
+}
+
+/// Sends `bytes` each way through every connection at once (to the echo
+/// backend); returns the seconds it took.
+pub async fn transfer(conns: Vec<Box<dyn Io>>, bytes: usize) -> io::Result<f64> {
     let started = Instant::now();
     let tasks: Vec<_> = conns
         .into_iter()
@@ -86,8 +93,62 @@ pub async fn throughput(peer: &Target, bytes: usize, streams: usize) -> io::Resu
     for t in tasks {
         t.await.map_err(io::Error::other)??;
     }
-    let secs = started.elapsed().as_secs_f64();
-    Ok((bytes * streams) as f64 / (1024.0 * 1024.0) / secs)
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// MiB/s of `bytes` moved in `secs`.
+pub fn mib_per_s(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / secs
+}
+
+/// Bulk throughput: `streams` connections each carry `bytes` each way at once;
+/// returns MiB/s each way over all of them.
+pub async fn throughput(peer: &Target, bytes: usize, streams: usize) -> io::Result<f64> {
+    let conns = connect_all(peer, streams).await?;
+    let secs = transfer(conns, bytes).await?;
+    Ok(mib_per_s(bytes * streams, secs))
+}
+
+/// Asks the download backend, through `stream`, for `bytes` and reads them all.
+pub async fn download<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: u64,
+) -> io::Result<()> {
+    stream.write_all(&bytes.to_be_bytes()).await?;
+    stream.flush().await?;
+    read_exactly(stream, bytes).await
+}
+
+/// Reads and discards exactly `bytes`.
+pub async fn read_exactly<S: AsyncRead + Unpin>(stream: &mut S, bytes: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    while got < bytes {
+        let want = buf.len().min((bytes - got) as usize);
+        let n = stream.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the stream ended after {got} of {bytes} bytes"),
+            ));
+        }
+        got += n as u64;
+    }
+    Ok(())
+}
+
+/// The middle value (the upper middle of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The `p`th percentile (0 to 100) of `samples`, by the nearest-rank method.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Full TLS handshakes per second with `concurrency` clients for `duration`.
@@ -163,39 +224,73 @@ fn parse_latency(v: &str) -> f64 {
     number.parse::<f64>().map_or(f64::NAN, |n| n * scale)
 }
 
-/// Resident memory (KiB) of process `pid` and all its descendants.
-pub fn tree_rss_kib(pid: u32) -> u64 {
-    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+/// Process `pid` and all its descendants (nginx's master and its workers).
+fn tree(pid: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        // The parent is the 4th field of /proc/PID/stat, after the parenthesised name.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok());
-        if let Some(ppid) = ppid {
-            children.entry(ppid).or_default().push(p);
+        if let Some(ppid) = stat_field(p, 3) {
+            children.entry(ppid as u32).or_default().push(p);
         }
     }
-    let mut total = 0;
+    let mut all = Vec::new();
     let mut stack = vec![pid];
     while let Some(p) = stack.pop() {
-        total += std::fs::read_to_string(format!("/proc/{p}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            })
-            .unwrap_or(0);
+        all.push(p);
         stack.extend(children.get(&p).into_iter().flatten());
     }
-    total
+    all
+}
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`, for the numeric
+/// fields after the parenthesised name.
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (the state).
+    rest.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// Resident memory (KiB) of process `pid` and all its descendants.
+pub fn tree_rss_kib(pid: u32) -> u64 {
+    tree(pid)
+        .into_iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// CPU time (user + system, seconds) used so far by process `pid` and all its
+/// descendants.
+pub fn tree_cpu_secs(pid: u32) -> f64 {
+    let ticks: u64 = tree(pid)
+        .into_iter()
+        .map(|p| stat_field(p, 14).unwrap_or(0) + stat_field(p, 15).unwrap_or(0))
+        .sum();
+    ticks as f64 / clock_ticks_per_second()
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), which /proc counts in.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// The server's memory per idle tunnel (KiB): `count` tunnels are opened (TLS
@@ -228,6 +323,28 @@ async fn open_idle(peer: &Target) -> io::Result<Box<dyn Io>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(super::percentile(&samples, 50.0), 100.0);
+        assert_eq!(super::percentile(&samples, 99.0), 198.0);
+        assert_eq!(super::percentile(&[7.0], 99.0), 7.0);
+    }
+
+    #[test]
+    fn own_process_uses_memory_and_cpu() {
+        let me = std::process::id();
+        // Burn some CPU so the tick counter has moved.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_mul(31).wrapping_add(1);
+        }
+        assert!(x != 1);
+        assert!(super::tree_rss_kib(me) > 0);
+        assert!(super::tree_cpu_secs(me) > 0.0);
+    }
+
     #[test]
     fn latencies_in_milliseconds() {
         assert_eq!(super::parse_latency("512.00us"), 0.512);

@@ -78,10 +78,7 @@ enum Guard {
         child: Child,
         _dir: tempfile::TempDir,
     },
-    Logged {
-        _process: Box<Logged>,
-        _dir: tempfile::TempDir,
-    },
+    Router(Box<RouterProcess>),
     Envoy {
         _envoy: Box<Envoy>,
         _dir: tempfile::TempDir,
@@ -95,7 +92,7 @@ impl Running {
         match &self._guard {
             Guard::None | Guard::Envoy { .. } => None,
             Guard::Child { child, .. } => Some(child.id()),
-            Guard::Logged { _process, .. } => Some(_process.pid()),
+            Guard::Router(router) => Some(router.process.pid()),
         }
     }
 }
@@ -119,6 +116,55 @@ fn render(file: &str, replacements: &[(&str, String)]) -> String {
     text
 }
 
+/// An `alpn-router` process with a fresh certificate.
+pub struct RouterProcess {
+    /// The process; its log is kept.
+    pub process: Logged,
+    /// Its certificate (for `envoy.test`, `localhost`, `127.0.0.1`).
+    pub cert: ServerCert,
+    /// Its direct TLS listener.
+    pub direct: SocketAddr,
+    /// Its upgrade listener, if `listeners` has one.
+    pub upgrade: Option<SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+impl RouterProcess {
+    /// Starts `router_bin` with the TOML `listeners` (which must name a direct
+    /// listener), no connection cap to speak of, and one route per `(alpn, backend)`.
+    pub fn start(router_bin: &Path, listeners: &str, routes: &[(&str, SocketAddr)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = ServerCert::generate(dir.path());
+        let mut config = format!(
+            "{listeners}\n[limits]\nmax_connections = 100000\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.pem.display(),
+            cert.key.display()
+        );
+        for (alpn, backend) in routes {
+            config += &format!("\n[[route]]\nalpn = \"{alpn}\"\nbackend = \"{backend}\"\n");
+        }
+        let file: PathBuf = dir.path().join("router.toml");
+        fs::write(&file, config).unwrap();
+        let mut process = Logged::spawn(
+            Command::new(router_bin)
+                .args(["serve", "--config"])
+                .arg(&file)
+                .env("RUST_LOG", "info"),
+        );
+        let upgrade = listeners
+            .contains("[upgrade]")
+            .then(|| process.address_after("upgrade listener on "));
+        let direct = process.address_after("direct listener on ");
+        RouterProcess {
+            process,
+            cert,
+            direct,
+            upgrade,
+            _dir: dir,
+        }
+    }
+}
+
 /// Starts `peer` in front of `backend`, using the router binary `router_bin`.
 pub fn start(peer: Peer, backend: SocketAddr, router_bin: &Path) -> Running {
     match peer {
@@ -132,34 +178,19 @@ pub fn start(peer: Peer, backend: SocketAddr, router_bin: &Path) -> Running {
             _guard: Guard::None,
         },
         Peer::Router => {
-            let dir = tempfile::tempdir().unwrap();
-            let cert = ServerCert::generate(dir.path());
-            let config = format!(
-                "[direct]\nlisten = \"127.0.0.1:0\"\n\n[limits]\nmax_connections = 100000\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n\
-                 [[route]]\nalpn = \"bench\"\nbackend = \"{backend}\"\n",
-                cert.pem.display(),
-                cert.key.display()
+            let router = RouterProcess::start(
+                router_bin,
+                "[direct]\nlisten = \"127.0.0.1:0\"\n",
+                &[("bench", backend)],
             );
-            let file: PathBuf = dir.path().join("router.toml");
-            fs::write(&file, config).unwrap();
-            let mut process = Logged::spawn(
-                Command::new(router_bin)
-                    .args(["serve", "--config"])
-                    .arg(&file)
-                    .env("RUST_LOG", "info"),
-            );
-            let addr = process.address_after("direct listener on ");
             Running {
                 peer,
                 target: Target {
-                    addr,
-                    cert: Some(cert.der()),
+                    addr: router.direct,
+                    cert: Some(router.cert.der()),
                     alpn: Some("bench"),
                 },
-                _guard: Guard::Logged {
-                    _process: Box::new(process),
-                    _dir: dir,
-                },
+                _guard: Guard::Router(Box::new(router)),
             }
         }
         Peer::NginxStream | Peer::Haproxy => {

@@ -14,6 +14,10 @@ use serde::Serialize;
 pub struct Row {
     /// What was measured.
     pub subject: String,
+    /// The condition it was measured under (such as the number of tunnels);
+    /// ratios compare rows of the same group only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// The figure, in the scenario's unit.
     pub value: f64,
 }
@@ -23,7 +27,49 @@ impl Row {
     pub fn new(subject: &str, value: f64) -> Row {
         Row {
             subject: subject.to_string(),
+            group: None,
             value,
+        }
+    }
+
+    /// A row of a group.
+    pub fn grouped(subject: &str, group: &str, value: f64) -> Row {
+        Row {
+            group: Some(group.to_string()),
+            ..Row::new(subject, value)
+        }
+    }
+
+    /// The subject and its group, for tables and charts.
+    pub fn label(&self) -> String {
+        match &self.group {
+            Some(g) => format!("{}, {g}", self.subject),
+            None => self.subject.clone(),
+        }
+    }
+}
+
+/// What a scenario's subjects must reach, as a ratio to the baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// The subjects held to it (in every group).
+    pub subjects: Vec<&'static str>,
+    /// The ratio to reach: at least (higher is better) or at most (lower is better).
+    pub ratio: f64,
+    /// A bound the figure itself must also keep (lower is better).
+    pub limit: Option<f64>,
+    /// The target in words.
+    pub words: &'static str,
+}
+
+impl Target {
+    /// `subjects` must reach `ratio`.
+    pub fn new(subjects: &[&'static str], ratio: f64, words: &'static str) -> Target {
+        Target {
+            subjects: subjects.to_vec(),
+            ratio,
+            limit: None,
+            words,
         }
     }
 }
@@ -39,12 +85,10 @@ pub struct Scenario {
     pub unit: &'static str,
     /// Whether more is better.
     pub higher_is_better: bool,
-    /// The subject the others are compared with.
+    /// The subject the others are compared with (in each group).
     pub baseline: &'static str,
-    /// The subject with a target, the ratio to the baseline it must reach, and the target in words.
-    pub target: Option<(&'static str, f64, &'static str)>,
-    /// A bound the target subject's figure must also keep (for lower-is-better scenarios).
-    pub absolute_limit: Option<f64>,
+    /// What the target subjects must reach, if anything.
+    pub target: Option<Target>,
     /// How it was measured.
     pub method: String,
     /// The figures.
@@ -52,29 +96,39 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Whether the target is met: the ratio on the right side of the wanted one,
-    /// and the figure within the absolute limit if there is one.
-    pub fn target_met(&self) -> Option<bool> {
-        let (subject, want, _) = self.target?;
-        let ratio = self.ratio(subject)?;
-        let value = self.rows.iter().find(|r| r.subject == subject)?.value;
-        let ratio_ok = if self.higher_is_better {
-            ratio >= want
-        } else {
-            ratio <= want
-        };
-        Some(ratio_ok && self.absolute_limit.is_none_or(|limit| value <= limit))
+    /// The baseline's figure in `row`'s group.
+    fn baseline_of(&self, row: &Row) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.subject == self.baseline && r.group == row.group)
+            .map(|r| r.value)
     }
 
-    /// `subject`'s figure divided by the baseline's.
-    pub fn ratio(&self, subject: &str) -> Option<f64> {
-        let value = |name: &str| {
-            self.rows
-                .iter()
-                .find(|r| r.subject == name)
-                .map(|r| r.value)
+    /// `row`'s figure divided by the baseline's of its group.
+    pub fn ratio(&self, row: &Row) -> Option<f64> {
+        Some(row.value / self.baseline_of(row)?)
+    }
+
+    /// Whether `row` meets the target: the ratio on the right side of the
+    /// wanted one, and the figure within the limit if there is one. `None`
+    /// when the row is not held to a target or has no baseline.
+    pub fn met(&self, row: &Row) -> Option<bool> {
+        let target = self.target.as_ref()?;
+        if !target.subjects.contains(&row.subject.as_str()) {
+            return None;
+        }
+        let ratio = self.ratio(row)?;
+        let ratio_ok = if self.higher_is_better {
+            ratio >= target.ratio
+        } else {
+            ratio <= target.ratio
         };
-        Some(value(subject)? / value(self.baseline)?)
+        Some(ratio_ok && target.limit.is_none_or(|limit| row.value <= limit))
+    }
+
+    /// The rows held to the target.
+    pub fn targeted(&self) -> impl Iterator<Item = &Row> {
+        self.rows.iter().filter(|r| self.met(r).is_some())
     }
 }
 
@@ -143,7 +197,8 @@ pub fn environment(router_bin: &Path) -> Environment {
 
 /// A horizontal bar chart of a scenario, as SVG.
 pub fn svg(s: &Scenario) -> String {
-    let (label_w, bar_w, row_h) = (190.0, 380.0, 26.0);
+    let longest = s.rows.iter().map(|r| r.label().len()).max().unwrap_or(0);
+    let (label_w, bar_w, row_h) = (12.0 + 6.6 * longest as f64, 380.0, 26.0);
     let max = s
         .rows
         .iter()
@@ -152,7 +207,7 @@ pub fn svg(s: &Scenario) -> String {
         .max(f64::MIN_POSITIVE);
     let height = 40.0 + row_h * s.rows.len() as f64;
     let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <text x=\"4\" y=\"16\" font-weight=\"bold\">{} ({})</text>\n",
         label_w + bar_w + 110.0,
         escape(s.title),
@@ -163,26 +218,37 @@ pub fn svg(s: &Scenario) -> String {
         let w = bar_w * r.value / max;
         let colour = if r.subject == s.baseline {
             "#9e9e9e"
-        } else if s.target.is_some_and(|t| t.0 == r.subject) {
+        } else if s.met(r).is_some() {
             "#1e88e5"
         } else {
             "#90caf9"
         };
         let _ = writeln!(
             out,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text><rect x=\"{label_w}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{colour}\"/>\
-             <text x=\"{}\" y=\"{}\">{:.1}</text>",
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"end\">{}</text><rect x=\"{label_w:.1}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{colour}\"/>\
+             <text x=\"{:.1}\" y=\"{}\">{}</text>",
             label_w - 6.0,
             y + 14.0,
-            escape(&r.subject),
+            escape(&r.label()),
             row_h - 8.0,
             label_w + w + 6.0,
             y + 14.0,
-            r.value
+            figure(r.value)
         );
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// A figure with as many decimals as its size needs.
+fn figure(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -192,37 +258,41 @@ fn escape(s: &str) -> String {
 }
 
 /// `BENCHMARKS.md`: machine, versions, method, targets, then each scenario's
-/// table and chart (charts in `plots_rel`, relative to the Markdown file).
-pub fn markdown(env: &Environment, scenarios: &[Scenario], date: &str, plots_rel: &str) -> String {
+/// table and chart (charts in `plots_rel`, relative to the Markdown file), then
+/// the discussion.
+pub fn markdown(report: &Report, plots_rel: &str) -> String {
+    let (env, scenarios, date) = (report.environment, report.scenarios, report.date);
     let mut md = String::from("# Benchmarks\n\n");
     let _ = writeln!(
         md,
-        "Latest run: {date}, on {} (Linux {}). Regenerate with `make bench`.\n",
+        "Latest run: {date}, on {} (Linux {}). Regenerate with `make bench`; \
+         the figures are also in `bench/results/latest.json`.\n",
         env.machine, env.kernel
     );
     let _ = writeln!(md, "Versions: {}.\n", env.versions.join("; "));
     md.push_str(
         "Method: every subject runs on this machine over loopback, one after another in the same run, \
-         in front of the same echo backend (a small threaded Rust echo server) or HTTP backend. \
+         in front of the same backend (`alpn-bench backend`, a small tokio echo, download and HTTP server in a process of its own). \
          The machine is shared and noisy, so each figure is read as a ratio to its baseline from the same run. \
-         The clients are Rust (tokio + rustls) or wrk; they share the machine's cores with what they measure.\n\n",
+         The clients are Rust (tokio + rustls, the project's own client library for tunnels) or wrk; \
+         they share the machine's cores with what they measure.\n\n",
     );
-    md.push_str(
-        "## Targets\n\n| target | subject | ratio to baseline | met |\n|---|---|---|---|\n",
-    );
+    md.push_str("## Targets\n\n| scenario | target | subject | ratio to baseline | met |\n|---|---|---|---|---|\n");
     for s in scenarios {
-        if let Some((subject, _, words)) = s.target {
-            let ratio = s.ratio(subject);
-            let met = match s.target_met() {
-                Some(true) => "yes",
-                Some(false) => "no",
-                None => "not measured",
+        let Some(target) = &s.target else { continue };
+        for r in s.targeted() {
+            let ratio = s.ratio(r).map_or("-".into(), |x| format!("{x:.2}"));
+            let met = if s.met(r) == Some(true) {
+                "yes"
+            } else {
+                "**no**"
             };
             let _ = writeln!(
                 md,
-                "| {} ({words}) | {subject} | {} | {met} |",
+                "| {} | {} | {} | {ratio} | {met} |",
                 s.title,
-                ratio.map_or("-".into(), |r| format!("{r:.2}"))
+                target.words,
+                r.label()
             );
         }
     }
@@ -234,49 +304,45 @@ pub fn markdown(env: &Environment, scenarios: &[Scenario], date: &str, plots_rel
             s.title, s.method, s.unit, s.baseline
         );
         for r in &s.rows {
-            let ratio = s
-                .ratio(&r.subject)
-                .map_or("-".into(), |x| format!("{x:.2}"));
-            let _ = writeln!(md, "| {} | {:.1} | {ratio} |", r.subject, r.value);
+            let ratio = s.ratio(r).map_or("-".into(), |x| format!("{x:.2}"));
+            let _ = writeln!(md, "| {} | {} | {ratio} |", r.label(), figure(r.value));
         }
         let _ = writeln!(md, "\n![{}]({plots_rel}/{}.svg)\n", s.title, s.id);
     }
-    md.push_str(
-        "## Not measured yet\n\n\
-         The benchmark issue also asks for: the full chain per framing against plain HTTPS through the same nginx and \
-         Envoy; tunnel set-up latency (p50/p99) direct and through the chain; router memory per idle tunnel at 1k and \
-         10k tunnels against nginx stream; and scaling over 1, 16, 256 and 1,024 tunnels. They are not in this suite yet.\n",
-    );
+    md.push_str(report.discussion);
     md
 }
 
-/// Writes `latest.json` into `results`, one SVG per scenario into `plots`, and the Markdown to `markdown`.
+/// One run's results: what `latest.json` holds, and the discussion that
+/// closes `BENCHMARKS.md`.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    /// When it ran.
+    pub date: &'a str,
+    /// Where it ran.
+    pub environment: &'a Environment,
+    /// The figures.
+    pub scenarios: &'a [Scenario],
+    /// Hand-written prose (`bench/discussion.md`), not part of the JSON.
+    #[serde(skip)]
+    pub discussion: &'a str,
+}
+
+/// Writes `latest.json` into `results`, one SVG per scenario into `plots`, and
+/// the Markdown to `markdown_path` (linking the charts as `plots_rel`).
 pub fn write(
+    report: &Report,
     results: &Path,
     plots: &Path,
     markdown_path: &Path,
     plots_rel: &str,
-    env: &Environment,
-    scenarios: &[Scenario],
-    date: &str,
 ) -> io::Result<()> {
     fs::create_dir_all(results)?;
     fs::create_dir_all(plots)?;
-    #[derive(Serialize)]
-    struct Json<'a> {
-        date: &'a str,
-        environment: &'a Environment,
-        scenarios: &'a [Scenario],
-    }
-    let json = serde_json::to_string_pretty(&Json {
-        date,
-        environment: env,
-        scenarios,
-    })
-    .map_err(io::Error::other)?;
+    let json = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
     fs::write(results.join("latest.json"), json + "\n")?;
-    for s in scenarios {
+    for s in report.scenarios {
         fs::write(plots.join(format!("{}.svg", s.id)), svg(s))?;
     }
-    fs::write(markdown_path, markdown(env, scenarios, date, plots_rel))
+    fs::write(markdown_path, markdown(report, plots_rel))
 }

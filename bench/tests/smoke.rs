@@ -1,6 +1,8 @@
 //! The benchmark code runs: one tiny iteration of every scenario against the
-//! real peers, producing a figure for every subject. No figure is judged here;
-//! measurements belong to `make bench`.
+//! real peers and the real chain, producing a figure for every subject. No
+//! figure is judged here; measurements belong to `make bench`.
+
+use std::path::PathBuf;
 
 use alpn_bench::{report, run, Settings};
 
@@ -10,6 +12,7 @@ async fn every_scenario_runs_and_reports() {
     let settings = Settings {
         quick: true,
         router_bin: router_bin.clone(),
+        bench_bin: PathBuf::from(env!("CARGO_BIN_EXE_alpn-bench")),
     };
     let scenarios = run(&settings).await.expect("the scenarios run");
     let ids: Vec<&str> = scenarios.iter().map(|s| s.id).collect();
@@ -18,20 +21,28 @@ async fn every_scenario_runs_and_reports() {
         [
             "data-path-1",
             "data-path-64",
+            "chain-throughput",
+            "latency-p50",
+            "latency-p99",
             "handshakes",
             "memory-1k",
-            "filter-overhead"
+            "memory-10k",
+            "filter-overhead",
+            "scaling-throughput",
+            "scaling-cpu",
         ]
     );
     for s in &scenarios {
-        assert!(
-            s.rows.iter().any(|r| r.subject == s.baseline),
-            "{}: no baseline",
-            s.id
-        );
         for r in &s.rows {
-            // A rate must be positive; a memory growth over a few tunnels may be 0.
-            let plausible = if s.higher_is_better {
+            assert!(
+                s.ratio(r).is_some(),
+                "{} / {}: no baseline in its group",
+                s.id,
+                r.label()
+            );
+            // A rate or a time must be positive; a memory growth over a few
+            // tunnels, or CPU over a tiny transfer, may be 0.
+            let plausible = if s.higher_is_better || s.id.starts_with("latency") {
                 r.value > 0.0
             } else {
                 r.value >= 0.0
@@ -40,29 +51,64 @@ async fn every_scenario_runs_and_reports() {
                 r.value.is_finite() && plausible,
                 "{} / {}: {}",
                 s.id,
-                r.subject,
+                r.label(),
                 r.value
             );
         }
+        if let Some(target) = &s.target {
+            assert_eq!(
+                s.targeted().count(),
+                target.subjects.len(),
+                "{}: every target subject measured",
+                s.id
+            );
+        }
     }
+    let scaling = &scenarios[9];
+    assert_eq!(
+        scaling.rows.iter().map(|r| r.label()).collect::<Vec<_>>(),
+        [
+            "alpn-router, 1 tunnel",
+            "nginx stream, 1 tunnel",
+            "alpn-router, 16 tunnels",
+            "nginx stream, 16 tunnels"
+        ]
+    );
+
     let dir = tempfile::tempdir().unwrap();
-    let env = report::environment(&router_bin);
+    let environment = report::environment(&router_bin);
+    let report = report::Report {
+        date: "today",
+        environment: &environment,
+        scenarios: &scenarios,
+        discussion: "## Discussion\n\nwords\n",
+    };
     report::write(
+        &report,
         dir.path(),
         &dir.path().join("plots"),
         &dir.path().join("BENCHMARKS.md"),
         "plots",
-        &env,
-        &scenarios,
-        "today",
     )
     .unwrap();
     let md = std::fs::read_to_string(dir.path().join("BENCHMARKS.md")).unwrap();
-    assert!(md.contains("| Router data path, direct TLS, one tunnel (at least as fast as nginx stream) | alpn-router |"), "{md}");
-    let svg = std::fs::read_to_string(dir.path().join("plots/handshakes.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("alpn-router"));
+    for line in [
+        "| Router data path, direct TLS, one tunnel | at least as fast as nginx stream | alpn-router |",
+        "| Full chain: download through nginx (as the ALB), Envoy + filter, router | at least 80% of plain HTTPS through the same chain | tunnel via nginx + Envoy, websocket |",
+        "| Tunnel set-up latency, 99th percentile | no worse than 2x one HTTPS request | tunnel via nginx + Envoy, alpn-ping |",
+        "| alpn-router, 16 tunnels |",
+        "![Scaling: server CPU by number of tunnels](plots/scaling-cpu.svg)",
+    ] {
+        assert!(md.contains(line), "{line:?} missing from:\n{md}");
+    }
+    assert!(md.ends_with("## Discussion\n\nwords\n"));
+    for s in &scenarios {
+        let svg = std::fs::read_to_string(dir.path().join(format!("plots/{}.svg", s.id))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains(&s.rows[0].subject));
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("latest.json")).unwrap())
             .unwrap();
-    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(5));
+    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(11));
+    assert_eq!(json["scenarios"][9]["rows"][2]["group"], "16 tunnels");
 }

@@ -1,0 +1,294 @@
+//! The full chain a user behind a load balancer goes through: client -> nginx
+//! (TLS, as the ALB: `deploy/load-balancers/nginx.conf`) -> Envoy with the
+//! filter (`envoy/behind-l7.yaml`) -> router -> backend; and its scenarios:
+//! bulk download per framing against plain HTTPS through the same nginx and
+//! Envoy, and tunnel set-up latency against one HTTPS request.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use alpn_router::client::{Client, Options, Path, ServerUrl, UpgradeMode};
+use alpn_router::framing::{Framing, Subprotocol};
+use alpn_router::tls::client_config;
+use alpn_router::tunnel::Io;
+use integration_tests::envoy::{Bootstrap, Envoy};
+use integration_tests::load_balancer::{Kind, LoadBalancer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::backend::Backend;
+use crate::measure::{self, median, percentile};
+use crate::peers::RouterProcess;
+use crate::report::{Row, Scenario, Target};
+use crate::Settings;
+
+/// The baseline of both scenarios.
+const HTTPS: &str = "HTTPS via nginx + Envoy";
+/// The tunnel with no load balancer: the router's direct port.
+const DIRECT: &str = "tunnel, direct to the router";
+
+/// The framings through the chain, with their subjects' names.
+const FRAMINGS: [(&str, Framing); 3] = [
+    ("tunnel via nginx + Envoy, alpn", Framing::Alpn),
+    ("tunnel via nginx + Envoy, alpn-ping", Framing::AlpnPing),
+    (
+        "tunnel via nginx + Envoy, websocket",
+        Framing::WebSocket(Subprotocol::Alpn),
+    ),
+];
+
+/// The running chain.
+pub struct Chain {
+    router: RouterProcess,
+    _envoy: Envoy,
+    lb: LoadBalancer,
+    https: tokio_rustls::TlsConnector,
+}
+
+impl Chain {
+    /// Starts the router (routes `echo` and `source`), Envoy with the filter in
+    /// front of it and of the backend's HTTP port, and nginx in front of Envoy.
+    pub fn start(backend: &Backend, router_bin: &std::path::Path) -> Chain {
+        let router = RouterProcess::start(
+            router_bin,
+            "[upgrade]\nlisten = \"127.0.0.1:0\"\ntrusted_peers = [\"127.0.0.1/32\"]\n\n\
+             [direct]\nlisten = \"127.0.0.1:0\"\n",
+            &[("echo", backend.echo), ("source", backend.source)],
+        );
+        let envoy = Envoy::start(
+            &Bootstrap::shipped("behind-l7.yaml")
+                .port(8080, 0)
+                .port(9001, router.upgrade.expect("an upgrade listener").port())
+                .port(8081, backend.http.port()),
+        );
+        let lb = LoadBalancer::start(Kind::Nginx, envoy.listener("web"), Duration::from_secs(60));
+        let outer = client_config(&[lb.cert.der()], &["http/1.1"], None).expect("TLS client");
+        Chain {
+            router,
+            _envoy: envoy,
+            lb,
+            https: tokio_rustls::TlsConnector::from(outer),
+        }
+    }
+
+    /// A tunnel client for `alpn` along `path`; its TLS configurations (and
+    /// session caches) are built once, as `alpn-tunnel` does.
+    fn client(&self, alpn: &str, path: Path) -> Client {
+        let (server, upgrade) = match path {
+            Path::Direct => (self.router.direct, UpgradeMode::Never),
+            Path::Upgrade(f) => (self.lb.addr, UpgradeMode::Framing(f)),
+        };
+        let options = Options {
+            sni: Some("envoy.test".into()),
+            ca: Some(vec![self.router.cert.der()]),
+            outer_ca: Some(vec![self.lb.cert.der()]),
+            upgrade,
+            ..Options::default()
+        };
+        let url = ServerUrl::parse(&format!("https://{server}")).expect("a server URL");
+        Client::new(url, alpn, options).expect("a tunnel client")
+    }
+
+    /// A new TLS connection to the load balancer (HTTP/1.1).
+    async fn https(&self) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.lb.addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from("envoy.test").unwrap();
+        self.https.connect(name, tcp).await
+    }
+
+    /// One HTTPS GET of `path` on a new connection; reads the whole answer and
+    /// returns the length of its body.
+    async fn get(&self, path: &str) -> io::Result<u64> {
+        let mut s = self.https().await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut head = Vec::with_capacity(512);
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no answer"));
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(io::Error::other(format!("GET {path}: {head}")));
+        }
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            })
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no Content-Length: {head}")))?;
+        measure::read_exactly(&mut s, length).await?;
+        Ok(length)
+    }
+}
+
+/// Opens a tunnel with `client` along `path`.
+async fn tunnel(client: &Client, path: Path) -> io::Result<Box<dyn Io>> {
+    client.connect_via(path).await.map_err(io::Error::other)
+}
+
+/// Ends a tunnel cleanly (inner `close_notify`), outside any timing.
+async fn close(mut stream: Box<dyn Io>) {
+    let _ = stream.shutdown().await;
+}
+
+/// Scenario 2: MiB/s of one download per subject, through the chain per
+/// framing and as plain HTTPS through the same nginx and Envoy.
+pub async fn throughput(settings: &Settings, chain: &Chain) -> anyhow::Result<Scenario> {
+    let bytes = settings.size(256 << 20, 1 << 20) as u64;
+    let mut subjects = vec![(DIRECT, Some(Path::Direct))];
+    subjects.extend(FRAMINGS.iter().map(|(n, f)| (*n, Some(Path::Upgrade(*f)))));
+    subjects.push((HTTPS, None));
+    let clients: Vec<_> = subjects
+        .iter()
+        .map(|(_, p)| p.map(|p| chain.client("source", p)))
+        .collect();
+    let mut runs = vec![Vec::new(); subjects.len()];
+    // Round-robin over the subjects, so that a noisy moment hurts all alike.
+    for _ in 0..settings.size(3, 1) {
+        for (i, (_, path)) in subjects.iter().enumerate() {
+            let started;
+            match (path, &clients[i]) {
+                (Some(path), Some(client)) => {
+                    let mut s = tunnel(client, *path).await?;
+                    started = Instant::now();
+                    measure::download(&mut s, bytes).await?;
+                    let secs = started.elapsed().as_secs_f64();
+                    close(s).await;
+                    runs[i].push(measure::mib_per_s(bytes as usize, secs));
+                }
+                _ => {
+                    started = Instant::now();
+                    let got = chain.get(&format!("/bytes/{bytes}")).await?;
+                    anyhow::ensure!(got == bytes, "HTTPS download: {got} of {bytes} bytes");
+                    runs[i].push(measure::mib_per_s(
+                        bytes as usize,
+                        started.elapsed().as_secs_f64(),
+                    ));
+                }
+            }
+        }
+    }
+    let rows = subjects
+        .iter()
+        .zip(runs)
+        .map(|((name, _), r)| Row::new(name, median(r)))
+        .collect();
+    Ok(Scenario {
+        id: "chain-throughput",
+        title: "Full chain: download through nginx (as the ALB), Envoy + filter, router",
+        unit: "MiB/s",
+        higher_is_better: true,
+        baseline: HTTPS,
+        target: Some(Target::new(
+            &FRAMINGS.map(|(n, _)| n),
+            0.8,
+            "at least 80% of plain HTTPS through the same chain",
+        )),
+        method: format!(
+            "One connection per subject downloads {} MiB from the same backend process: through a tunnel \
+             (client TLS to nginx, upgrade through Envoy's filter to the router, inner TLS 1.3 to the router, \
+             then the router's `source` route) per framing, or as one HTTPS `GET /bytes/N` through the same \
+             nginx and Envoy to the backend's HTTP port. The clock starts after the tunnel is open (or at the \
+             GET's connect). The direct tunnel (no load balancer) is shown for reference. Subjects take turns; \
+             the median of three runs.",
+            bytes >> 20
+        ),
+        rows,
+    })
+}
+
+/// Scenario 3: time from connect to the first echoed byte (tunnels) or to the
+/// whole answer (one HTTPS request), p50 and p99, as two scenarios.
+pub async fn latency(settings: &Settings, chain: &Chain) -> anyhow::Result<[Scenario; 2]> {
+    let samples = settings.size(400, 5);
+    let mut subjects = vec![(DIRECT, Some(Path::Direct))];
+    subjects.extend(FRAMINGS.iter().map(|(n, f)| (*n, Some(Path::Upgrade(*f)))));
+    subjects.push((HTTPS, None));
+    let clients: Vec<_> = subjects
+        .iter()
+        .map(|(_, p)| p.map(|p| chain.client("echo", p)))
+        .collect();
+    let mut times = vec![Vec::with_capacity(samples); subjects.len()];
+    // One warm-up round (session caches, Envoy's upstream pools), then samples
+    // taken in turns.
+    for round in 0..=samples {
+        for (i, (_, path)) in subjects.iter().enumerate() {
+            let started = Instant::now();
+            let stream = match (path, &clients[i]) {
+                (Some(path), Some(client)) => {
+                    let mut s = tunnel(client, *path).await?;
+                    s.write_all(b"x").await?;
+                    let mut one = [0u8; 1];
+                    s.read_exact(&mut one).await?;
+                    Some(s)
+                }
+                _ => {
+                    chain.get("/").await?;
+                    None
+                }
+            };
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if let Some(s) = stream {
+                close(s).await;
+            }
+            if round > 0 {
+                times[i].push(ms);
+            }
+        }
+    }
+    let method = |p: &str| {
+        format!(
+            "{samples} samples per subject, taken in turns, after one warm-up round. A tunnel sample is a new \
+             TCP connection, the outer TLS and the upgrade (through nginx and Envoy) or none (direct), the inner \
+             TLS 1.3 handshake, then one byte echoed by the backend; the HTTPS sample is a new TLS connection to \
+             nginx and one `GET /` answered by the backend through Envoy. Clients keep their TLS session caches \
+             between samples, as `alpn-tunnel` and browsers do, so resumption applies alike. {p}"
+        )
+    };
+    let rows = |p: f64| {
+        subjects
+            .iter()
+            .zip(&times)
+            .map(|((name, _), t)| Row::new(name, percentile(t, p)))
+            .collect::<Vec<_>>()
+    };
+    let target = || {
+        Target::new(
+            &FRAMINGS.map(|(n, _)| n),
+            2.0,
+            "no worse than 2x one HTTPS request",
+        )
+    };
+    Ok([
+        Scenario {
+            id: "latency-p50",
+            title: "Tunnel set-up latency, median",
+            unit: "ms, p50",
+            higher_is_better: false,
+            baseline: HTTPS,
+            target: Some(target()),
+            method: method("The median of each subject's samples."),
+            rows: rows(50.0),
+        },
+        Scenario {
+            id: "latency-p99",
+            title: "Tunnel set-up latency, 99th percentile",
+            unit: "ms, p99",
+            higher_is_better: false,
+            baseline: HTTPS,
+            target: Some(target()),
+            method: method("The 99th percentile (nearest rank) of each subject's samples."),
+            rows: rows(99.0),
+        },
+    ])
+}

@@ -1,0 +1,216 @@
+//! The router's direct TLS port against the other TLS terminators (nginx
+//! `stream`, HAProxy, Envoy `tcp_proxy`) in front of the same echo backend:
+//! bulk data path, handshake rate, memory per idle tunnel, and scaling.
+
+use std::net::SocketAddr;
+
+use crate::measure::{self, median};
+use crate::peers::{self, Peer};
+use crate::report::{Row, Scenario, Target};
+use crate::Settings;
+
+/// The most idle tunnels that fit: each holds two descriptors in the router
+/// (client and backend), whose hard limit here is 20,000 and cannot be raised.
+pub const MANY_IDLE: usize = 9_900;
+
+/// Scenario 1 (one tunnel, and 64 in parallel) and scenario 4 (handshakes).
+pub async fn data_path_and_handshakes(
+    settings: &Settings,
+    backend: SocketAddr,
+) -> anyhow::Result<[Scenario; 3]> {
+    let mut data_one = Vec::new();
+    let mut data_many = Vec::new();
+    let mut handshakes = Vec::new();
+    for peer in Peer::ALL {
+        let running = peers::start(peer, backend, &settings.router_bin);
+        eprintln!("measuring {} ...", peer.name());
+        // Bulk figures are the median of three runs (one in the smoke test).
+        let mut one = Vec::new();
+        let mut many = Vec::new();
+        for _ in 0..settings.size(3, 1) {
+            one.push(
+                measure::throughput(&running.target, settings.size(512 << 20, 2 << 20), 1).await?,
+            );
+            many.push(
+                measure::throughput(&running.target, settings.size(8 << 20, 64 << 10), 64).await?,
+            );
+        }
+        data_one.push(Row::new(peer.name(), median(one)));
+        data_many.push(Row::new(peer.name(), median(many)));
+        if peer != Peer::RawTcp {
+            let rate = measure::handshake_rate(
+                &running.target,
+                settings.time(10, 300),
+                settings.size(16, 2),
+            )
+            .await?;
+            handshakes.push(Row::new(peer.name(), rate));
+        }
+    }
+    let as_fast = || {
+        Some(Target::new(
+            &[Peer::Router.name()],
+            1.0,
+            "at least as fast as nginx stream",
+        ))
+    };
+    Ok([
+        Scenario {
+            id: "data-path-1",
+            title: "Router data path, direct TLS, one tunnel",
+            unit: "MiB/s each way",
+            higher_is_better: true,
+            baseline: Peer::NginxStream.name(),
+            target: as_fast(),
+            method: "One TLS 1.3 connection (ECDSA P-256) to each terminator, which proxies to the same echo backend; \
+                     512 MiB sent while the echo is read back at the same time, from one client task; the median of three runs.".into(),
+            rows: data_one,
+        },
+        Scenario {
+            id: "data-path-64",
+            title: "Router data path, direct TLS, 64 tunnels in parallel",
+            unit: "MiB/s each way, all tunnels",
+            higher_is_better: true,
+            baseline: Peer::NginxStream.name(),
+            target: as_fast(),
+            method: "64 TLS connections at once, 8 MiB each way each; the median of three runs.".into(),
+            rows: data_many,
+        },
+        Scenario {
+            id: "handshakes",
+            title: "Full TLS 1.3 handshakes per second",
+            unit: "handshakes/s",
+            higher_is_better: true,
+            baseline: Peer::NginxStream.name(),
+            target: Some(Target::new(&[Peer::Router.name()], 0.8, "at least 80% of nginx stream")),
+            method: "16 clients connect, complete a full TLS 1.3 handshake (ECDSA P-256, resumption off), \
+                     echo one byte through to the backend and close, for 10 s.".into(),
+            rows: handshakes,
+        },
+    ])
+}
+
+/// Scenario 5: the server's memory per idle tunnel at 1,000 tunnels and at
+/// [`MANY_IDLE`], each on a freshly started server.
+pub async fn memory(settings: &Settings, backend: SocketAddr) -> anyhow::Result<[Scenario; 2]> {
+    let mut scenarios = Vec::new();
+    for (id, title, count) in [
+        (
+            "memory-1k",
+            "Memory per idle tunnel, 1,000 tunnels",
+            settings.size(1000, 16),
+        ),
+        (
+            "memory-10k",
+            "Memory per idle tunnel, 10,000 tunnels (9,900)",
+            settings.size(MANY_IDLE, 32),
+        ),
+    ] {
+        let mut rows = Vec::new();
+        for peer in [Peer::Router, Peer::NginxStream] {
+            let running = peers::start(peer, backend, &settings.router_bin);
+            eprintln!("measuring {} with {count} idle tunnels ...", peer.name());
+            let pid = running.pid().expect("a process of its own");
+            let per_tunnel = measure::idle_memory(&running.target, pid, count).await?;
+            rows.push(Row::new(peer.name(), per_tunnel));
+        }
+        scenarios.push(Scenario {
+            id,
+            title,
+            unit: "KiB per tunnel",
+            higher_is_better: false,
+            baseline: Peer::NginxStream.name(),
+            target: Some(Target {
+                limit: Some(32.0),
+                ..Target::new(&[Peer::Router.name()], 1.0, "below nginx stream, and at most 32 KiB")
+            }),
+            method: format!(
+                "{count} TLS tunnels opened to a freshly started server and held idle (handshake done, one byte echoed \
+                 through the backend, so the backend connection exists too), after 8 warm-up tunnels; the growth of \
+                 the server's resident memory (all its processes: nginx's master and workers) divided by {count}.{}",
+                if id == "memory-10k" && !settings.quick {
+                    " 9,900 rather than 10,000: each tunnel holds two descriptors in the server, and this machine's hard \
+                     limit of 20,000 descriptors per process cannot be raised here (no CAP_SYS_RESOURCE)."
+                } else {
+                    ""
+                }
+            ),
+            rows,
+        });
+    }
+    Ok(scenarios.try_into().expect("two scenarios"))
+}
+
+/// Scenario 7: throughput and server CPU at 1, 16, 256 and 1,024 tunnels, the
+/// router against nginx stream.
+pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result<[Scenario; 2]> {
+    let counts: &[usize] = if settings.quick {
+        &[1, 16]
+    } else {
+        &[1, 16, 256, 1024]
+    };
+    let total = settings.size(256 << 20, 1 << 20);
+    let mut throughput = Vec::new();
+    let mut cpu = Vec::new();
+    for peer in [Peer::Router, Peer::NginxStream] {
+        let running = peers::start(peer, backend, &settings.router_bin);
+        let pid = running.pid().expect("a process of its own");
+        for &n in counts {
+            eprintln!("measuring {} with {n} tunnels ...", peer.name());
+            let each = total / n;
+            let (mut rates, mut cpu_per_gib) = (Vec::new(), Vec::new());
+            for _ in 0..settings.size(3, 1) {
+                let conns = measure::connect_all(&running.target, n).await?;
+                let before = measure::tree_cpu_secs(pid);
+                let secs = measure::transfer(conns, each).await?;
+                let used = measure::tree_cpu_secs(pid) - before;
+                rates.push(measure::mib_per_s(each * n, secs));
+                cpu_per_gib.push(used / ((each * n) as f64 / f64::from(1 << 30)));
+            }
+            let group = format!("{n} tunnel{}", if n == 1 { "" } else { "s" });
+            throughput.push(Row::grouped(peer.name(), &group, median(rates)));
+            cpu.push(Row::grouped(peer.name(), &group, median(cpu_per_gib)));
+        }
+    }
+    // Group by tunnel count in the tables.
+    let by_count = |rows: &mut Vec<Row>| {
+        rows.sort_by_key(|r| {
+            r.group
+                .as_deref()
+                .and_then(|g| g.split(' ').next()?.parse::<usize>().ok())
+        })
+    };
+    by_count(&mut throughput);
+    by_count(&mut cpu);
+    let method = format!(
+        "{} MiB each way in all, split evenly over 1, 16, 256 and 1,024 TLS tunnels open at once \
+         (so 256 KiB each at 1,024), through the router's direct port and through nginx stream to the same echo \
+         backend; the median of three runs.",
+        total >> 20
+    );
+    Ok([
+        Scenario {
+            id: "scaling-throughput",
+            title: "Scaling: throughput by number of tunnels",
+            unit: "MiB/s each way, all tunnels",
+            higher_is_better: true,
+            baseline: Peer::NginxStream.name(),
+            target: None,
+            method: method.clone(),
+            rows: throughput,
+        },
+        Scenario {
+            id: "scaling-cpu",
+            title: "Scaling: server CPU by number of tunnels",
+            unit: "CPU seconds per GiB each way",
+            higher_is_better: false,
+            baseline: Peer::NginxStream.name(),
+            target: None,
+            method: format!(
+                "{method} The server's CPU time (user + system, all its processes and threads, from /proc) during the \
+                 transfer, per GiB carried each way: what each tunnel costs is this times its share of the bytes."
+            ),
+            rows: cpu,
+        },
+    ])
+}
