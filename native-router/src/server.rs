@@ -267,22 +267,10 @@ async fn accept_loop(
             if kind == Kind::Metrics {
                 return serve_metrics(&router, socket).await;
             }
-            // A second descriptor of the socket outlives every handle the
-            // connection code drops, for a lingering close at the very end.
-            let spare = socket
-                .into_std()
-                .and_then(|s| Ok((s.try_clone()?, TcpStream::from_std(s)?)));
-            match spare {
-                Ok((spare, socket)) => {
-                    connection(&router, kind, socket, peer).await;
-                    tunnel::linger(spare).await;
-                }
-                Err(e) => warn!(
-                    "{} listener: cannot set up the connection from {peer}: {e}",
-                    kind.name()
-                ),
-            }
-            drop(permit);
+            // The lingering close happens when the connection code drops the
+            // socket; the place under the cap is held until it is over.
+            let socket = tunnel::Lingering::new(socket, permit);
+            connection(&router, kind, socket, peer).await;
         });
     }
 }
@@ -297,7 +285,7 @@ struct Conn {
     framing: &'static str,
 }
 
-async fn connection(router: &Router, kind: Kind, socket: TcpStream, peer: SocketAddr) {
+async fn connection(router: &Router, kind: Kind, socket: tunnel::Lingering, peer: SocketAddr) {
     let id = router.next_id.fetch_add(1, Ordering::Relaxed);
     let generation = router.generation();
     let local = socket.local_addr().unwrap_or(peer);

@@ -110,15 +110,11 @@ pub async fn dial(
 /// destroy data the peer has not read yet, such as a refusal or the end of a tunnel).
 pub const LINGER: Duration = Duration::from_secs(2);
 
-/// A lingering close of `socket` (a second descriptor of a connection whose
-/// other handles are gone): send FIN if not sent, then read and discard until
-/// EOF, at most [`LINGER`] and 1 MiB.
-pub async fn linger(socket: std::net::TcpStream) {
+/// A lingering close of `socket`: send FIN if not sent, then read and discard
+/// until EOF, at most [`LINGER`] and 1 MiB.
+pub async fn linger(mut socket: TcpStream) {
     use tokio::io::AsyncReadExt;
-    let _ = socket.shutdown(std::net::Shutdown::Write);
-    let Ok(mut socket) = TcpStream::from_std(socket) else {
-        return;
-    };
+    let _ = socket.shutdown().await;
     let drain = async {
         let mut scratch = [0u8; 4096];
         let mut total = 0usize;
@@ -130,6 +126,93 @@ pub async fn linger(socket: std::net::TcpStream) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// A client connection that closes with a [`linger`] when the connection code
+/// drops it, wherever that happens (inside TLS, a framing, the pipe). It holds
+/// the connection's place under the cap until the lingering close is over.
+/// One descriptor per connection: no duplicate is kept for the close.
+pub struct Lingering {
+    socket: Option<TcpStream>,
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Lingering {
+    /// Wraps `socket`, holding `place` until it is closed.
+    pub fn new(socket: TcpStream, place: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        Lingering {
+            socket: Some(socket),
+            place,
+        }
+    }
+
+    /// The local address of the connection.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream().local_addr()
+    }
+
+    fn stream(&self) -> &TcpStream {
+        self.socket.as_ref().expect("taken only on drop")
+    }
+
+    fn pinned(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.socket.as_mut().expect("taken only on drop"))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let (Some(socket), place) = (self.socket.take(), self.place.take()) else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) the socket just closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                linger(socket).await;
+                drop(place);
+            });
+        }
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.pinned().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.pinned().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.pinned().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream().is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.pinned().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.pinned().poll_shutdown(cx)
+    }
 }
 
 /// How a tunnel ended.

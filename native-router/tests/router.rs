@@ -650,3 +650,51 @@ async fn the_connection_cap_makes_new_connections_wait_and_says_so() {
         "served once the first closed"
     );
 }
+
+/// Open file descriptors of process `pid`.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_holds_two_descriptors_in_the_router_and_none_once_closed() {
+    // Descriptors bound how many tunnels one router holds (20,000 per process
+    // is common): a client and a backend connection each, nothing more.
+    let pki = Pki::new();
+    let echo_backend = backend(echo);
+    let router = RouterProcess::start(
+        pki.dir.path(),
+        &config(&format!(
+            "[[route]]\nalpn = \"echo\"\nbackend = \"{}\"\n",
+            echo_backend.addr
+        )),
+    );
+    let before = descriptors(router.pid());
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let f = FRAMINGS[i % FRAMINGS.len()];
+        let (mut s, _) = tunnel(&pki, addr_for(&router, f), f, &["echo"], None)
+            .await
+            .unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        timeout(DEADLINE, s.read_exact(&mut one))
+            .await
+            .unwrap()
+            .unwrap();
+        held.push(s);
+    }
+    let grown = descriptors(router.pid()) - before;
+    assert_eq!(grown, 80, "40 tunnels: {grown} more descriptors");
+    for mut s in held {
+        let _ = s.shutdown().await;
+    }
+    // Closed tunnels linger (at most LINGER) and then let go of everything.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while descriptors(router.pid()) > before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(descriptors(router.pid()), before, "{}", router.log());
+}

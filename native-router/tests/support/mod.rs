@@ -153,6 +153,11 @@ impl RouterProcess {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Everything the router logged so far.
     pub fn log(&self) -> String {
         self.process.log()
