@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 
+use anyhow::Context as _;
+
 use crate::measure::{self, median};
 use crate::peers::{self, Peer};
 use crate::report::{Row, Scenario, Target};
@@ -111,7 +113,9 @@ pub async fn memory(settings: &Settings, backend: SocketAddr) -> anyhow::Result<
             let running = peers::start(peer, backend, &settings.router_bin);
             eprintln!("measuring {} with {count} idle tunnels ...", peer.name());
             let pid = running.pid().expect("a process of its own");
-            let per_tunnel = measure::idle_memory(&running.target, pid, count).await?;
+            let per_tunnel = measure::idle_memory(&running.target, pid, count)
+                .await
+                .with_context(|| problems(&running.log()))?;
             rows.push(Row::new(peer.name(), per_tunnel));
         }
         scenarios.push(Scenario {
@@ -213,4 +217,17 @@ pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result
             rows: cpu,
         },
     ])
+}
+
+/// The server's warnings and errors, to explain a failure.
+fn problems(log: &str) -> String {
+    let found: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .take(10)
+        .collect();
+    format!(
+        "the server's first warnings and errors:\n{}",
+        found.join("\n")
+    )
 }

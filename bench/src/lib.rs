@@ -31,9 +31,30 @@ pub struct Settings {
     pub router_bin: PathBuf,
     /// The `alpn-bench` binary (its `backend` subcommand is the backend).
     pub bench_bin: PathBuf,
+    /// Run only this group of scenarios (all when `None`).
+    pub only: Option<Group>,
+}
+
+/// The groups of scenarios, each run as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    /// Scenarios 1 and 4: the router's direct data path and handshake rate.
+    DataPath,
+    /// Scenarios 2 and 3: throughput and set-up latency through the full chain.
+    Chain,
+    /// Scenario 5: memory per idle tunnel.
+    Memory,
+    /// Scenario 6: the filter's overhead on ordinary requests.
+    Filter,
+    /// Scenario 7: scaling over the number of tunnels.
+    Scaling,
 }
 
 impl Settings {
+    fn runs(&self, group: Group) -> bool {
+        self.only.is_none_or(|g| g == group)
+    }
+
     fn size(&self, full: usize, quick: usize) -> usize {
         if self.quick {
             quick
@@ -51,30 +72,31 @@ impl Settings {
     }
 }
 
-/// Runs every scenario, in the order of the benchmark issue.
+/// Runs every scenario (or the group `settings.only` names), in the order of
+/// the benchmark issue.
 pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
     let backend = Backend::start(&settings.bench_bin);
-    let [data_one, data_many, handshakes] =
-        direct::data_path_and_handshakes(settings, backend.echo).await?;
-    eprintln!("measuring the full chain ...");
-    let chain = chain::Chain::start(&backend, &settings.router_bin);
-    let chain_throughput = chain::throughput(settings, &chain).await?;
-    let [latency_p50, latency_p99] = chain::latency(settings, &chain).await?;
-    drop(chain);
-    let [memory_1k, memory_10k] = direct::memory(settings, backend.echo).await?;
-    let overhead = filter::overhead(settings, &backend)?;
-    let [scaling_throughput, scaling_cpu] = direct::scaling(settings, backend.echo).await?;
-    Ok(vec![
-        data_one,
-        data_many,
-        chain_throughput,
-        latency_p50,
-        latency_p99,
-        handshakes,
-        memory_1k,
-        memory_10k,
-        overhead,
-        scaling_throughput,
-        scaling_cpu,
-    ])
+    let mut data_path = Vec::new();
+    if settings.runs(Group::DataPath) {
+        data_path.extend(direct::data_path_and_handshakes(settings, backend.echo).await?);
+    }
+    let handshakes = data_path.pop();
+    let mut scenarios = data_path;
+    if settings.runs(Group::Chain) {
+        eprintln!("measuring the full chain ...");
+        let chain = chain::Chain::start(&backend, &settings.router_bin);
+        scenarios.push(chain::throughput(settings, &chain).await?);
+        scenarios.extend(chain::latency(settings, &chain).await?);
+    }
+    scenarios.extend(handshakes);
+    if settings.runs(Group::Memory) {
+        scenarios.extend(direct::memory(settings, backend.echo).await?);
+    }
+    if settings.runs(Group::Filter) {
+        scenarios.push(filter::overhead(settings, &backend)?);
+    }
+    if settings.runs(Group::Scaling) {
+        scenarios.extend(direct::scaling(settings, backend.echo).await?);
+    }
+    Ok(scenarios)
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use alpn_bench::{backend, report, run, Settings};
+use alpn_bench::{backend, report, run, Group, Settings};
 use clap::{Parser, Subcommand};
 
 /// The benchmarks against nginx stream, HAProxy and Envoy, side by side in one
@@ -15,6 +15,10 @@ struct Args {
     /// smoke test): checks that everything runs, measures nothing.
     #[arg(long)]
     quick: bool,
+    /// Run only this group of scenarios; the report goes to standard output
+    /// and the committed results stay as they are.
+    #[arg(long, value_enum)]
+    only: Option<Group>,
     /// The router to measure.
     #[arg(long, env = "ALPN_ROUTER_BIN", default_value_os_t = sibling("alpn-router"))]
     router: PathBuf,
@@ -45,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         quick: args.quick,
         router_bin: args.router,
         bench_bin: std::env::current_exe()?,
+        only: args.only,
     };
     let scenarios = tokio::runtime::Runtime::new()?.block_on(run(&settings))?;
     let environment = report::environment(&settings.router_bin);
@@ -65,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         discussion: &discussion,
     };
     let scratch = tempfile::tempdir()?;
-    let (results, plots, markdown) = if args.quick {
+    let (results, plots, markdown) = if args.quick || args.only.is_some() {
         let dir = scratch.path();
         (
             dir.to_path_buf(),

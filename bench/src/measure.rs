@@ -304,8 +304,14 @@ pub async fn idle_memory(peer: &Target, pid: u32, count: usize) -> io::Result<f6
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = tree_rss_kib(pid);
-    for _ in 0..count {
-        held.push(open_idle(peer).await?);
+    for i in 0..count {
+        let tunnel = open_idle(peer).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("idle tunnel {} of {count} to {}: {e}", i + 1, peer.addr),
+            )
+        })?;
+        held.push(tunnel);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = tree_rss_kib(pid);

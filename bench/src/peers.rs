@@ -86,6 +86,15 @@ enum Guard {
 }
 
 impl Running {
+    /// The router's log so far (empty for the other peers, whose logs stay in
+    /// their directories).
+    pub fn log(&self) -> String {
+        match &self._guard {
+            Guard::Router(router) => router.process.log(),
+            _ => String::new(),
+        }
+    }
+
     /// The process serving the peer (nginx's master, whose workers are its
     /// children), if it is a process of its own.
     pub fn pid(&self) -> Option<u32> {

@@ -13,6 +13,7 @@ async fn every_scenario_runs_and_reports() {
         quick: true,
         router_bin: router_bin.clone(),
         bench_bin: PathBuf::from(env!("CARGO_BIN_EXE_alpn-bench")),
+        only: None,
     };
     let scenarios = run(&settings).await.expect("the scenarios run");
     let ids: Vec<&str> = scenarios.iter().map(|s| s.id).collect();
