@@ -231,7 +231,7 @@ fn tree(pid: u32) -> Vec<u32> {
         let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if let Some(ppid) = stat_field(p, 3) {
+        if let Some(ppid) = stat_field(p, 4) {
             children.entry(ppid as u32).or_default().push(p);
         }
     }
@@ -335,6 +335,19 @@ mod tests {
         assert_eq!(super::percentile(&samples, 50.0), 100.0);
         assert_eq!(super::percentile(&samples, 99.0), 198.0);
         assert_eq!(super::percentile(&[7.0], 99.0), 7.0);
+    }
+
+    #[test]
+    fn a_process_tree_includes_the_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let found = super::tree(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&std::process::id()), "{found:?}");
+        assert!(found.contains(&child.id()), "{found:?}");
     }
 
     #[test]

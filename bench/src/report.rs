@@ -106,7 +106,8 @@ impl Scenario {
 
     /// `row`'s figure divided by the baseline's of its group.
     pub fn ratio(&self, row: &Row) -> Option<f64> {
-        Some(row.value / self.baseline_of(row)?)
+        let base = self.baseline_of(row).filter(|b| *b > 0.0)?;
+        Some(row.value / base)
     }
 
     /// Whether `row` meets the target: the ratio on the right side of the
