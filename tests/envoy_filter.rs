@@ -1,7 +1,8 @@
 //! The filter inside a real Envoy (the shipped `behind-l7.yaml`), over real
 //! sockets: every refusal with its status and reason, an approved upgrade that
-//! reaches the router and carries bytes both ways, ordinary traffic untouched,
-//! the metrics on `/stats`, and a bad plugin configuration refused.
+//! reaches the router and carries bytes both ways, ordinary traffic untouched
+//! (and kept out of the Wasm VM), the metrics on `/stats`, and a bad plugin
+//! configuration refused.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -472,6 +473,91 @@ fn the_metrics_appear_on_stats() {
         ("wasmcustom.alpn_upgrade.refused.no_upgrade", 0),
     ] {
         assert_eq!(s.envoy.counter(name), Some(want), "{name}");
+    }
+}
+
+#[test]
+fn only_requests_that_can_concern_the_filter_enter_the_wasm_vm() {
+    let s = setup(SHIPPED_FILTER_CONFIG);
+    // Counted by the filter when Envoy creates a stream's context in the VM, which
+    // precedes every other call into the VM for that stream (the access log too).
+    let streams = || s.envoy.counter("wasmcustom.alpn_upgrade.streams");
+    // Envoy's own count of the streams it created the filter for.
+    let created = || {
+        s.envoy
+            .counter("http.web.composite.filter_delegation_success")
+    };
+
+    let ordinary = [
+        request(&["GET /index.html?q=1 HTTP/1.1", "Host: app.example"]),
+        request(&["GET /connection HTTP/1.1", "Host: app.example"]),
+        request(&["GET /app/connectionupgrade HTTP/1.1", "Host: app.example"]),
+        b"POST /api/items HTTP/1.1\r\nHost: app.example\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+    ];
+    for _ in 0..5 {
+        for raw in &ordinary {
+            assert_eq!(exchange(s.listener, raw).status, 200);
+        }
+    }
+    assert_eq!(
+        s.web.heads().len(),
+        20,
+        "every ordinary request reached the web upstream"
+    );
+    assert_eq!(streams(), Some(0), "ordinary requests entered the Wasm VM");
+    assert_eq!(
+        created(),
+        Some(0),
+        "Envoy created the filter for ordinary requests"
+    );
+
+    let concerning: [(&str, Vec<u8>, u16); 5] = [
+        (
+            "an alpn upgrade on another path",
+            request(&[
+                "GET /app HTTP/1.1",
+                "Host: t",
+                "Connection: Upgrade",
+                "Upgrade: alpn",
+            ]),
+            404,
+        ),
+        (
+            "X-Alpn-Upgrade alone on another path",
+            request(&["GET /app HTTP/1.1", "Host: t", "X-Alpn-Upgrade: alpn"]),
+            404,
+        ),
+        (
+            "the upgrade path with a query, no upgrade",
+            request(&["GET /connectionupgrade?x=1 HTTP/1.1", "Host: t"]),
+            426,
+        ),
+        (
+            "a WebSocket upgrade on another path, which passes",
+            request(&[
+                "GET /chat HTTP/1.1",
+                "Host: t",
+                "Connection: Upgrade",
+                "Upgrade: websocket",
+            ]),
+            200,
+        ),
+        (
+            "an alpn upgrade on the upgrade path",
+            request(&[
+                "GET /connectionupgrade HTTP/1.1",
+                "Host: t",
+                "Connection: Upgrade",
+                "Upgrade: alpn",
+            ]),
+            101,
+        ),
+    ];
+    for (n, (what, raw, status)) in concerning.iter().enumerate() {
+        assert_eq!(exchange(s.listener, raw).status, *status, "{what}");
+        let n = Some(n as u64 + 1);
+        assert_eq!(streams(), n, "{what} did not enter the Wasm VM");
+        assert_eq!(created(), n, "{what}: Envoy's count differs");
     }
 }
 

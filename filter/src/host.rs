@@ -29,6 +29,9 @@ const METRIC_PREFIX: &str = "alpn_upgrade";
 /// What every HTTP context shares: the configuration and the metric ids.
 struct State {
     config: Config,
+    /// Streams Envoy created a context in the VM for: shows which requests cost
+    /// the filter anything at all (the shipped matcher keeps ordinary ones out).
+    streams: Option<u32>,
     /// One counter per allowed type, in `config.allowed_types` order.
     approved: Vec<Option<u32>>,
     /// One counter per refusal kind, in `RefusalKind::ALL` order.
@@ -54,6 +57,7 @@ impl State {
             .map(|k| counter(format!("{METRIC_PREFIX}.refused.{}", k.name())))
             .collect();
         State {
+            streams: counter(format!("{METRIC_PREFIX}.streams")),
             config,
             approved,
             refused,
@@ -119,6 +123,9 @@ impl RootContext for UpgradeRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Without a configuration Envoy does not create streams for this plugin;
         // should it anyway, the stream passes untouched rather than failing.
+        if let Some(state) = &self.state {
+            increment(state.streams);
+        }
         Some(Box::new(UpgradeHttp {
             state: self.state.clone(),
         }))
@@ -260,9 +267,10 @@ impl UpgradeHttp {
 }
 
 /// Whether a request is certainly neither on an upgrade path nor an upgrade:
-/// three header look-ups instead of copying the whole map out of Envoy, so that
-/// ordinary traffic pays almost nothing for the filter. Such a request would
-/// get `Verdict::Pass` from the decision anyway.
+/// three header look-ups instead of copying the whole map out of Envoy. Such a
+/// request would get `Verdict::Pass` from the decision anyway. The shipped Envoy
+/// configuration keeps these requests out of the VM altogether; this is for
+/// one that does not.
 fn is_ordinary(config: &Config) -> bool {
     let header = |name: &str| {
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
