@@ -109,8 +109,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Guard::Child { child, .. } = &mut self._guard {
-            let _ = child.kill();
-            let _ = child.wait();
+            integration_tests::process::stop(child, "TERM", std::time::Duration::from_secs(5));
         }
     }
 }

@@ -215,8 +215,7 @@ pub fn spawn_on_free_port(
             }
             thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        crate::process::stop(&mut child, "TERM", Duration::from_secs(5));
         let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
             + &fs::read_to_string(dir.path().join("nginx-error.log")).unwrap_or_default()
             + &fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
@@ -231,8 +230,51 @@ pub fn spawn_on_free_port(
 impl Drop for LoadBalancer {
     fn drop(&mut self) {
         if let Process::Child(child) = &mut self.process {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::process::stop(child, "TERM", Duration::from_secs(5));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The processes whose parent is `pid`.
+    fn children(pid: u32) -> Vec<u32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                        == Some(pid.to_string().as_str())
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stopped_load_balancer_leaves_no_process_behind() {
+        for kind in [Kind::Nginx, Kind::Haproxy] {
+            let lb =
+                LoadBalancer::start(kind, "127.0.0.1:9".parse().unwrap(), Duration::from_secs(5));
+            let Process::Child(child) = &lb.process else {
+                unreachable!("nginx and HAProxy are child processes")
+            };
+            let master = child.id();
+            let mut all = children(master);
+            if kind == Kind::Nginx {
+                assert!(!all.is_empty(), "nginx runs workers");
+            }
+            all.push(master);
+            drop(lb);
+            let left: Vec<u32> = all
+                .into_iter()
+                .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+                .collect();
+            assert!(left.is_empty(), "{}: still running: {left:?}", kind.name());
         }
     }
 }

@@ -110,6 +110,26 @@ impl Logged {
     }
 }
 
+/// Stops `child` the way it asks to be stopped: `signal` (nginx's master takes
+/// its workers down on `TERM`; PostgreSQL's fast shutdown is `INT`), then
+/// SIGKILL if it is still running after `grace`. A bare SIGKILL to nginx's
+/// master would leave its workers running.
+pub fn stop(child: &mut Child, signal: &str, grace: Duration) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status();
+    let started = Instant::now();
+    while started.elapsed() < grace {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Logged {
     fn drop(&mut self) {
         let _ = self.child.kill();
