@@ -6,11 +6,13 @@
 //! - [`upgrade`]: the HTTP upgrade handshake, server and client side.
 //! - [`framing`]: `alpn`, `alpn-ping` and WebSocket framing.
 //! - [`tls`]: the inner TLS, the route chosen from the ClientHello ([`route`]).
-//! - [`tunnel`]: dialing the backend (with [`proxy_protocol`]) and the pipe.
+//! - [`tunnel`]: dialing the backend (with [`proxy_protocol`]) and the pipe,
+//!   whose two directions [`copy`] carries.
 //! - [`server`]: listeners, connection cap, reload and drain; [`metrics`].
 
 pub mod client;
 pub mod config;
+pub mod copy;
 pub mod framing;
 pub mod metrics;
 pub mod proxy_protocol;

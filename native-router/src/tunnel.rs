@@ -265,7 +265,7 @@ pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
         activity: activity.clone(),
         count: Count::ToClient,
     };
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
+    let copy = crate::copy::bidirectional(&mut client, &mut backend);
     let end = match idle {
         None => match copy.await {
             Ok(_) => End::Closed,
