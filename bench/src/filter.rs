@@ -13,7 +13,9 @@ const WITH: &str = "Envoy with the filter";
 
 /// wrk against `envoy/behind-l7.yaml` as shipped, and with its `http_filters`
 /// entry for the filter cut out; the two take turns, the median of three each.
-pub fn overhead(settings: &Settings, backend: &Backend) -> anyhow::Result<Scenario> {
+/// Two scenarios: requests/s (the target), and Envoy's own CPU time per
+/// request, which does not depend on how much of the machine Envoy got.
+pub fn overhead(settings: &Settings, backend: &Backend) -> anyhow::Result<[Scenario; 2]> {
     let with = Bootstrap::shipped("behind-l7.yaml")
         .port(8080, 0)
         .port(8081, backend.http.port());
@@ -33,34 +35,53 @@ pub fn overhead(settings: &Settings, backend: &Backend) -> anyhow::Result<Scenar
         (WITHOUT, Envoy::start(&without)),
         (WITH, Envoy::start(&with)),
     ];
-    let (mut rps, mut p99) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let mut runs: [Vec<(measure::Wrk, f64)>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..settings.size(3, 1) {
         for (i, (name, envoy)) in envoys.iter().enumerate() {
             eprintln!("measuring {name} ...");
             let url = format!("http://{}/index.html", envoy.listener("web"));
-            let (r, p) = measure::wrk(&url, settings.time(10, 1000), settings.size(32, 4))?;
-            rps[i].push(r);
-            p99[i].push(p);
+            let before = measure::tree_cpu_secs(envoy.pid());
+            let w = measure::wrk(&url, settings.time(10, 1000), settings.size(32, 4))?;
+            let cpu = measure::tree_cpu_secs(envoy.pid()) - before;
+            runs[i].push((w, cpu * 1e6 / w.requests.max(1) as f64));
         }
     }
-    let p99: Vec<f64> = p99.into_iter().map(measure::median).collect();
-    Ok(Scenario {
-        id: "filter-overhead",
-        title: "Filter overhead on ordinary (non-upgrade) requests",
-        unit: "requests/s",
-        higher_is_better: true,
-        baseline: WITHOUT,
-        target: Some(Target::new(&[WITH], 0.95, "less than 5% fewer requests/s")),
-        method: format!(
-            "wrk -t2 -c32 -d10s (plain HTTP/1.1 keep-alive) against envoy/behind-l7.yaml in front of the backend's \
-             HTTP port, as shipped and with the filter's http_filters entry cut out; both Envoys run at once and take \
-             turns, the median of three runs each. 99th-percentile latency (median of the runs): {WITHOUT} {:.2} ms, \
-             {WITH} {:.2} ms.",
-            p99[0], p99[1]
-        ),
-        rows: vec![
-            Row::new(WITHOUT, measure::median(rps[0].clone())),
-            Row::new(WITH, measure::median(rps[1].clone())),
-        ],
-    })
+    let median_of = |i: usize, f: fn(&(measure::Wrk, f64)) -> f64| {
+        measure::median(runs[i].iter().map(f).collect())
+    };
+    let rps = |i| median_of(i, |(w, _)| w.rps);
+    let p99 = |i| median_of(i, |(w, _)| w.p99_ms);
+    let cpu = |i| median_of(i, |(_, us)| *us);
+    let setup = "wrk -t2 -c32 -d10s (plain HTTP/1.1 keep-alive) against envoy/behind-l7.yaml in front of the \
+                 backend's HTTP port, as shipped and with the filter's http_filters entry cut out; both Envoys \
+                 run at once and take turns, the median of three runs each.";
+    Ok([
+        Scenario {
+            id: "filter-overhead",
+            title: "Filter overhead on ordinary (non-upgrade) requests",
+            unit: "requests/s",
+            higher_is_better: true,
+            baseline: WITHOUT,
+            target: Some(Target::new(&[WITH], 0.95, "less than 5% fewer requests/s")),
+            method: format!(
+                "{setup} 99th-percentile latency (median of the runs): {WITHOUT} {:.2} ms, {WITH} {:.2} ms.",
+                p99(0),
+                p99(1)
+            ),
+            rows: vec![Row::new(WITHOUT, rps(0)), Row::new(WITH, rps(1))],
+        },
+        Scenario {
+            id: "filter-cpu",
+            title: "Filter overhead: Envoy's CPU per ordinary request",
+            unit: "µs of CPU per request",
+            higher_is_better: false,
+            baseline: WITHOUT,
+            target: None,
+            method: "The same runs: Envoy's CPU time (user + system, all its threads, from /proc) during each \
+                     wrk run, divided by the requests wrk completed. Unlike requests/s, it does not depend on how \
+                     much of the machine Envoy got while wrk, the backend and other work shared it."
+                .into(),
+            rows: vec![Row::new(WITHOUT, cpu(0)), Row::new(WITH, cpu(1))],
+        },
+    ])
 }

@@ -182,8 +182,19 @@ pub async fn handshake_rate(
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// wrk's requests per second and 99th-percentile latency (ms) against `url`.
-pub fn wrk(url: &str, duration: Duration, connections: usize) -> io::Result<(f64, f64)> {
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Wrk {
+    /// Requests per second.
+    pub rps: f64,
+    /// 99th-percentile latency, ms.
+    pub p99_ms: f64,
+    /// Requests completed.
+    pub requests: u64,
+}
+
+/// Runs wrk (2 threads, `connections` keep-alive connections) against `url`.
+pub fn wrk(url: &str, duration: Duration, connections: usize) -> io::Result<Wrk> {
     let out = Command::new("wrk")
         .args([
             "-t",
@@ -197,17 +208,28 @@ pub fn wrk(url: &str, duration: Duration, connections: usize) -> io::Result<(f64
         ])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
+    let missing = |what: &str| io::Error::other(format!("no {what} in wrk's output:\n{text}"));
     let rps = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::other(format!("no Requests/sec in wrk's output:\n{text}")))?;
-    let p99 = text
+        .ok_or_else(|| missing("Requests/sec"))?;
+    let p99_ms = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("99%"))
         .map(|v| parse_latency(v.trim()))
-        .ok_or_else(|| io::Error::other(format!("no 99% latency in wrk's output:\n{text}")))?;
-    Ok((rps, p99))
+        .ok_or_else(|| missing("99% latency"))?;
+    // "  123456 requests in 10.00s, 15.00MB read"
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| missing("request count"))?;
+    Ok(Wrk {
+        rps,
+        p99_ms,
+        requests,
+    })
 }
 
 /// wrk's latency (`512.00us`, `1.23ms`, `2.00s`) in milliseconds.

@@ -114,10 +114,7 @@ impl Scenario {
     /// wanted one, and the figure within the limit if there is one. `None`
     /// when the row is not held to a target or has no baseline.
     pub fn met(&self, row: &Row) -> Option<bool> {
-        let target = self.target.as_ref()?;
-        if !target.subjects.contains(&row.subject.as_str()) {
-            return None;
-        }
+        let target = self.target.as_ref().filter(|_| self.is_targeted(row))?;
         let ratio = self.ratio(row)?;
         let ratio_ok = if self.higher_is_better {
             ratio >= target.ratio
@@ -127,9 +124,16 @@ impl Scenario {
         Some(ratio_ok && target.limit.is_none_or(|limit| row.value <= limit))
     }
 
+    /// Whether `row` is held to the target.
+    pub fn is_targeted(&self, row: &Row) -> bool {
+        self.target
+            .as_ref()
+            .is_some_and(|t| t.subjects.contains(&row.subject.as_str()))
+    }
+
     /// The rows held to the target.
     pub fn targeted(&self) -> impl Iterator<Item = &Row> {
-        self.rows.iter().filter(|r| self.met(r).is_some())
+        self.rows.iter().filter(|r| self.is_targeted(r))
     }
 }
 
@@ -219,7 +223,7 @@ pub fn svg(s: &Scenario) -> String {
         let w = bar_w * r.value / max;
         let colour = if r.subject == s.baseline {
             "#9e9e9e"
-        } else if s.met(r).is_some() {
+        } else if s.is_targeted(r) {
             "#1e88e5"
         } else {
             "#90caf9"

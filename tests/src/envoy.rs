@@ -106,6 +106,11 @@ pub struct Envoy {
 }
 
 impl Envoy {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts Envoy on `bootstrap` (admin on port 0) and waits until it serves.
     pub fn start(bootstrap: &Bootstrap) -> Envoy {
         let bootstrap = bootstrap.clone().admin_on_port_zero();
