@@ -90,6 +90,20 @@ impl Chain {
         Client::new(url, alpn, options).expect("a tunnel client")
     }
 
+    /// Every subject of the chain's scenarios, in report order: a tunnel
+    /// client for the route `alpn` and its path, or `None` for the HTTPS
+    /// baseline.
+    fn subjects(&self, alpn: &str) -> Vec<(&'static str, Option<(Client, Path)>)> {
+        let mut paths = vec![(DIRECT, Path::Direct)];
+        paths.extend(FRAMINGS.map(|(name, f)| (name, Path::Upgrade(f))));
+        let mut subjects: Vec<_> = paths
+            .into_iter()
+            .map(|(name, path)| (name, Some((self.client(alpn, path), path))))
+            .collect();
+        subjects.push((HTTPS, None));
+        subjects
+    }
+
     /// A new TLS connection to the load balancer (HTTP/1.1).
     async fn https(&self) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.lb.addr).await?;
@@ -145,20 +159,14 @@ async fn close(mut stream: Box<dyn Io>) {
 /// framing and as plain HTTPS through the same nginx and Envoy.
 pub async fn throughput(settings: &Settings, chain: &Chain) -> anyhow::Result<Scenario> {
     let bytes = settings.size(256 << 20, 1 << 20) as u64;
-    let mut subjects = vec![(DIRECT, Some(Path::Direct))];
-    subjects.extend(FRAMINGS.iter().map(|(n, f)| (*n, Some(Path::Upgrade(*f)))));
-    subjects.push((HTTPS, None));
-    let clients: Vec<_> = subjects
-        .iter()
-        .map(|(_, p)| p.map(|p| chain.client("source", p)))
-        .collect();
+    let subjects = chain.subjects("source");
     let mut runs = vec![Vec::new(); subjects.len()];
     // Round-robin over the subjects, so that a noisy moment hurts all alike.
     for _ in 0..settings.size(3, 1) {
-        for (i, (_, path)) in subjects.iter().enumerate() {
+        for (i, (_, tunnel_to)) in subjects.iter().enumerate() {
             let started;
-            match (path, &clients[i]) {
-                (Some(path), Some(client)) => {
+            match tunnel_to {
+                Some((client, path)) => {
                     let mut s = tunnel(client, *path).await?;
                     started = Instant::now();
                     measure::download(&mut s, bytes).await?;
@@ -166,7 +174,7 @@ pub async fn throughput(settings: &Settings, chain: &Chain) -> anyhow::Result<Sc
                     close(s).await;
                     runs[i].push(measure::mib_per_s(bytes as usize, secs));
                 }
-                _ => {
+                None => {
                     started = Instant::now();
                     let got = chain.get(&format!("/bytes/{bytes}")).await?;
                     anyhow::ensure!(got == bytes, "HTTPS download: {got} of {bytes} bytes");
@@ -211,28 +219,22 @@ pub async fn throughput(settings: &Settings, chain: &Chain) -> anyhow::Result<Sc
 /// whole answer (one HTTPS request), p50 and p99, as two scenarios.
 pub async fn latency(settings: &Settings, chain: &Chain) -> anyhow::Result<[Scenario; 2]> {
     let samples = settings.size(400, 5);
-    let mut subjects = vec![(DIRECT, Some(Path::Direct))];
-    subjects.extend(FRAMINGS.iter().map(|(n, f)| (*n, Some(Path::Upgrade(*f)))));
-    subjects.push((HTTPS, None));
-    let clients: Vec<_> = subjects
-        .iter()
-        .map(|(_, p)| p.map(|p| chain.client("echo", p)))
-        .collect();
+    let subjects = chain.subjects("echo");
     let mut times = vec![Vec::with_capacity(samples); subjects.len()];
     // One warm-up round (session caches, Envoy's upstream pools), then samples
     // taken in turns.
     for round in 0..=samples {
-        for (i, (_, path)) in subjects.iter().enumerate() {
+        for (i, (_, tunnel_to)) in subjects.iter().enumerate() {
             let started = Instant::now();
-            let stream = match (path, &clients[i]) {
-                (Some(path), Some(client)) => {
+            let stream = match tunnel_to {
+                Some((client, path)) => {
                     let mut s = tunnel(client, *path).await?;
                     s.write_all(b"x").await?;
                     let mut one = [0u8; 1];
                     s.read_exact(&mut one).await?;
                     Some(s)
                 }
-                _ => {
+                None => {
                     chain.get("/").await?;
                     None
                 }
