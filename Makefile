@@ -126,6 +126,7 @@ $(COMPOSE_PY_STAMP): $(ENVOY_STAMP)
 ## bench: the benchmarks against nginx stream, HAProxy and Envoy (release
 ## builds); writes bench/results/latest.json, bench/plots/*.svg, BENCHMARKS.md.
 bench: rust-setup envoy services
+	cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
 	cargo build --locked --release -p alpn-router -p alpn-bench
 	ALPN_ROUTER_BIN=$(ROOT)/target/release/alpn-router $(ROOT)/target/release/alpn-bench
 
