@@ -51,7 +51,7 @@ pub enum ConfigError {
 struct RawConfig {
     upgrade: Option<RawUpgrade>,
     direct: Option<RawListen>,
-    metrics: Option<RawListen>,
+    metrics: Option<RawMetrics>,
     tls: RawTls,
     limits: Option<RawLimits>,
     #[serde(default)]
@@ -72,6 +72,14 @@ struct RawUpgrade {
 #[serde(deny_unknown_fields)]
 struct RawListen {
     listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+    max_connections: Option<usize>,
+    request_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,7 +113,10 @@ struct RawLimits {
     handshake_timeout: Option<String>,
     connect_timeout: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
     drain_grace: Option<String>,
+    close_timeout: Option<String>,
+    half_closed_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,7 +156,7 @@ pub struct Config {
     /// TLS routing with no upgrade in front; absent: no direct listener.
     pub direct: Option<SocketAddr>,
     /// `/metrics`, `/healthz`, `/readyz`; absent: no metrics listener.
-    pub metrics: Option<SocketAddr>,
+    pub metrics: Option<MetricsListener>,
     /// The default server certificate.
     pub default_cert: CertKey,
     /// Server certificates by SNI name (lower case).
@@ -171,7 +182,27 @@ pub struct UpgradeListener {
     pub tls: Option<CertKey>,
 }
 
-/// Deadlines for each phase of a connection, and the connection cap.
+/// The metrics and health listener. It is often reachable from a whole
+/// cluster, so it has a cap and a deadline of its own and can never take the
+/// descriptors the data path needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListener {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Requests served at once; more are closed at once.
+    pub max_connections: usize,
+    /// The whole request, from accept to the last byte of the answer.
+    pub request_timeout: Duration,
+}
+
+impl MetricsListener {
+    /// Default for `max_connections`: a few scrapers and probes at a time.
+    pub const MAX_CONNECTIONS: usize = 16;
+    /// Default for `request_timeout`.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+/// Deadlines for each phase of a connection, and the connection caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Reading the upgrade request head.
@@ -180,10 +211,22 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Connecting to a backend.
     pub connect_timeout: Duration,
-    /// Connections served at once; more wait for a free place.
+    /// Connections served at once (upgrade and direct listeners together);
+    /// more are answered at once (503 on the upgrade listener, a close on the
+    /// direct one) and `/readyz` reports not ready while the cap is full.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; `None`: no limit.
+    pub max_connections_per_client: Option<usize>,
     /// How long live tunnels may drain after SIGTERM.
     pub drain_grace: Duration,
+    /// How long a closing connection waits for the peer to read what was sent
+    /// and end its side (WebSocket Close, or EOF) before the socket is closed;
+    /// closing earlier would turn the peer's late bytes into a reset that
+    /// destroys data it has not read yet.
+    pub close_timeout: Duration,
+    /// A tunnel whose one direction has ended and that carried no byte for
+    /// this long is closed (a peer that half-closed and went quiet).
+    pub half_closed_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -193,7 +236,10 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             max_connections: 10_000,
+            max_connections_per_client: None,
             drain_grace: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(30),
+            half_closed_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -238,13 +284,41 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// A certificate chain and its private key from PEM files.
+/// A certificate chain and its private key from PEM files; the key must be the
+/// one the leaf certificate was issued for (a rotation that pairs a new
+/// certificate with an old key would otherwise fail every handshake).
 pub fn read_cert_key(cert: &Path, key: &Path) -> Result<CertKey, String> {
     let chain = read_certs(cert)?;
     let pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-    let key = PrivateKeyDer::from_pem_slice(&pem)
+    let private = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
-    Ok(CertKey { chain, key })
+    let pair = CertKey {
+        chain,
+        key: private,
+    };
+    pair.check(cert, key)?;
+    Ok(pair)
+}
+
+impl CertKey {
+    /// Checks that the private key can sign and belongs to the leaf certificate;
+    /// the message names both files.
+    fn check(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        let provider = crate::tls::provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|e| format!("{}: the private key cannot be used: {e}", key.display()))?;
+        rustls::sign::CertifiedKey::new(self.chain.clone(), signing)
+            .keys_match()
+            .map_err(|e| {
+                format!(
+                    "{} is not the private key of the certificate in {} ({e})",
+                    key.display(),
+                    cert.display()
+                )
+            })
+    }
 }
 
 /// What `load` needs to report errors and resolve paths.
@@ -282,6 +356,13 @@ impl Ctx<'_> {
             Some(v) => humantime::parse_duration(v).map_err(|e| {
                 self.invalid(key, format!("{v:?} is not a duration like \"30s\": {e}"))
             }),
+        }
+    }
+
+    fn at_least_one(&self, key: &str, value: Option<usize>) -> Result<Option<usize>, ConfigError> {
+        match value {
+            Some(0) => Err(self.invalid(key, "must be at least 1")),
+            v => Ok(v),
         }
     }
 
@@ -350,17 +431,27 @@ impl Config {
                     l.connect_timeout.as_deref(),
                     limits.connect_timeout,
                 )?,
-                max_connections: match l.max_connections {
-                    Some(0) => {
-                        return Err(ctx.invalid("limits.max_connections", "must be at least 1"))
-                    }
-                    Some(n) => n,
-                    None => limits.max_connections,
-                },
+                max_connections: ctx
+                    .at_least_one("limits.max_connections", l.max_connections)?
+                    .unwrap_or(limits.max_connections),
+                max_connections_per_client: ctx.at_least_one(
+                    "limits.max_connections_per_client",
+                    l.max_connections_per_client,
+                )?,
                 drain_grace: ctx.duration(
                     "limits.drain_grace",
                     l.drain_grace.as_deref(),
                     limits.drain_grace,
+                )?,
+                close_timeout: ctx.duration(
+                    "limits.close_timeout",
+                    l.close_timeout.as_deref(),
+                    limits.close_timeout,
+                )?,
+                half_closed_timeout: ctx.duration(
+                    "limits.half_closed_timeout",
+                    l.half_closed_timeout.as_deref(),
+                    limits.half_closed_timeout,
                 )?,
             },
         };
@@ -412,10 +503,20 @@ impl Config {
             .direct
             .map(|d| ctx.addr("direct.listen", &d.listen))
             .transpose()?;
-        let metrics = raw
-            .metrics
-            .map(|m| ctx.addr("metrics.listen", &m.listen))
-            .transpose()?;
+        let metrics = match raw.metrics {
+            None => None,
+            Some(m) => Some(MetricsListener {
+                listen: ctx.addr("metrics.listen", &m.listen)?,
+                max_connections: ctx
+                    .at_least_one("metrics.max_connections", m.max_connections)?
+                    .unwrap_or(MetricsListener::MAX_CONNECTIONS),
+                request_timeout: ctx.duration(
+                    "metrics.request_timeout",
+                    m.request_timeout.as_deref(),
+                    MetricsListener::REQUEST_TIMEOUT,
+                )?,
+            }),
+        };
         let default_cert = ctx.cert_key("tls", &raw.tls.cert, &raw.tls.key)?;
         let mut sni_certs = Vec::new();
         for (i, s) in raw.tls.sni.iter().enumerate() {

@@ -8,11 +8,16 @@
 //! - [`tls`]: the inner TLS, the route chosen from the ClientHello ([`route`]).
 //! - [`tunnel`]: dialing the backend (with [`proxy_protocol`]) and the pipe,
 //!   whose two directions [`copy`] carries.
-//! - [`server`]: listeners, connection cap, reload and drain; [`metrics`].
+//! - [`server`]: listeners, reload and drain; [`admission`]: the connection
+//!   caps; [`descriptors`]: the file descriptor budget; [`cutoffs`]: refused
+//!   connections logged without letting a client choose the volume; [`metrics`].
 
+pub mod admission;
 pub mod client;
 pub mod config;
 pub mod copy;
+pub mod cutoffs;
+pub mod descriptors;
 pub mod framing;
 pub mod metrics;
 pub mod proxy_protocol;

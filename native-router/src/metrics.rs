@@ -63,6 +63,7 @@ pub struct Metrics {
     refusals: Counters,
     handshake_failures: Counters,
     backend_failures: Counters,
+    turned_away: Counters,
     bytes: Counters,
     tunnels_active: AtomicI64,
     durations: Mutex<Histogram>,
@@ -87,6 +88,11 @@ impl Metrics {
     /// A backend of `route` that could not be reached.
     pub fn backend_failure(&self, route: &str) {
         self.backend_failures.add(&[route], 1);
+    }
+
+    /// A connection on `listener` given no place: `cap_full` or `client_limit`.
+    pub fn turned_away(&self, listener: &str, reason: &str) {
+        self.turned_away.add(&[listener, reason], 1);
     }
 
     /// A tunnel started.
@@ -141,6 +147,12 @@ impl Metrics {
             "alpn_router_backend_failures_total",
             "Backends that could not be reached, by route.",
             &["route"],
+        );
+        self.turned_away.render(
+            &mut out,
+            "alpn_router_connections_turned_away_total",
+            "Connections given no place at accept, by listener and reason (cap_full, client_limit).",
+            &["listener", "reason"],
         );
         self.bytes.render(
             &mut out,

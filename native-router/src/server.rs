@@ -1,11 +1,13 @@
 //! The listeners and the life of every connection: accept under the connection
-//! cap, answer the upgrade (upgrade listener), run the inner TLS, dial the
-//! route's backend and pipe, then log one line saying what happened.
+//! cap (a full cap is answered at once), answer the upgrade (upgrade listener),
+//! run the inner TLS, dial the route's backend and pipe, end the outer
+//! connection as the tunnel ended, then log one line saying what happened.
 //!
 //! A configuration load is a [`Generation`]; a reload swaps it, and each
 //! connection keeps the generation it started with, so live tunnels are not
-//! touched. Shutdown stops the accept loops and waits for the connections (all
-//! the cap's permits back) up to the drain grace period.
+//! touched. Shutdown stops the data listeners, reports draining on `/readyz`
+//! and waits for the connections (all the cap's places back) up to the drain
+//! grace period; the metrics listener answers until the end.
 
 use std::future::Future;
 use std::io;
@@ -15,16 +17,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{timeout, Instant};
 
+use crate::admission::{ClientPlace, Places};
 use crate::config::{Config, Route};
+use crate::cutoffs::{self, Cutoffs};
+use crate::descriptors::REFUSALS_IN_FLIGHT;
 use crate::framing::{Framed, Role};
 use crate::metrics::Metrics;
 use crate::tls::{self, InnerTls};
-use crate::tunnel::{self, Io};
+use crate::tunnel::{self, Ending, Finish, Io, Quiet};
 use crate::upgrade::{self, UpgradeError};
 
 /// Everything connections need from one configuration load.
@@ -83,34 +88,41 @@ impl Listeners {
         Ok(Listeners {
             upgrade: bind(config.upgrade.as_ref().map(|u| u.listen), "upgrade").await?,
             direct: bind(config.direct, "direct").await?,
-            metrics: bind(config.metrics, "metrics").await?,
+            metrics: bind(config.metrics.map(|m| m.listen), "metrics").await?,
         })
     }
 }
 
-/// The router: the current generation, the connection cap and the metrics.
+/// The router: the current generation, the caps and the metrics.
 pub struct Router {
     current: RwLock<Arc<Generation>>,
-    cap: Arc<Semaphore>,
-    max_connections: usize,
+    places: Arc<Places>,
+    /// Requests on the metrics listener at once (its own small cap).
+    metrics_places: Arc<Semaphore>,
+    /// Refusals being answered while the cap is full.
+    refusals: Arc<Semaphore>,
     drain_grace: Duration,
     draining: AtomicBool,
     next_id: AtomicU64,
     metrics: Metrics,
+    cutoffs: Cutoffs,
 }
 
 impl Router {
     /// A router serving `config`.
     pub fn new(config: Config) -> Result<Arc<Router>, rustls::Error> {
         let limits = config.limits;
+        let metrics_cap = config.metrics.map_or(0, |m| m.max_connections);
         Ok(Arc::new(Router {
             current: RwLock::new(Arc::new(Generation::new(config)?)),
-            cap: Arc::new(Semaphore::new(limits.max_connections)),
-            max_connections: limits.max_connections,
+            places: Places::new(limits.max_connections, limits.max_connections_per_client),
+            metrics_places: Arc::new(Semaphore::new(metrics_cap)),
+            refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
             drain_grace: limits.drain_grace,
             draining: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             metrics: Metrics::default(),
+            cutoffs: Cutoffs::default(),
         }))
     }
 
@@ -123,17 +135,19 @@ impl Router {
     }
 
     /// Serves `config` to new connections from now on; live tunnels keep theirs.
-    /// Listener addresses and the connection cap are fixed at start.
+    /// Listener addresses and the connection caps are fixed at start.
     pub fn reload(&self, config: Config) -> Result<(), rustls::Error> {
         let old = self.generation();
-        if config.limits.max_connections != self.max_connections
+        let (new_limits, old_limits) = (&config.limits, &old.config.limits);
+        if new_limits.max_connections != old_limits.max_connections
+            || new_limits.max_connections_per_client != old_limits.max_connections_per_client
             || config.upgrade.as_ref().map(|u| u.listen)
                 != old.config.upgrade.as_ref().map(|u| u.listen)
             || config.direct != old.config.direct
             || config.metrics != old.config.metrics
         {
             warn!(
-                "reload: listener addresses and limits.max_connections take effect only at restart"
+                "reload: listener settings, limits.max_connections and limits.max_connections_per_client take effect only at restart"
             );
         }
         let next = Arc::new(Generation::new(config)?);
@@ -150,7 +164,21 @@ impl Router {
 
     /// Connections being served now.
     pub fn active_connections(&self) -> usize {
-        self.max_connections - self.cap.available_permits()
+        self.places.active()
+    }
+
+    /// Why the router is not ready for new connections, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.draining.load(Ordering::SeqCst) {
+            Some("draining".into())
+        } else if self.places.full() {
+            Some(format!(
+                "at capacity: all {} connection places are taken",
+                self.places.max()
+            ))
+        } else {
+            None
+        }
     }
 }
 
@@ -179,10 +207,13 @@ impl Kind {
     }
 }
 
-/// Serves until `shutdown` resolves, then drains.
+/// Serves until `shutdown` resolves, then drains: the data listeners close,
+/// `/readyz` says draining, and live connections get up to the grace period.
 pub async fn run(router: Arc<Router>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut loops = Vec::new();
+    let (stop_data, stop_data_rx) = watch::channel(false);
+    let (stop_metrics, stop_metrics_rx) = watch::channel(false);
+    let mut data_loops = Vec::new();
+    let mut metrics_loop = None;
     for (kind, listener) in [
         (Kind::Upgrade, listeners.upgrade),
         (Kind::Direct, listeners.direct),
@@ -192,33 +223,52 @@ pub async fn run(router: Arc<Router>, listeners: Listeners, shutdown: impl Futur
             if let Ok(addr) = listener.local_addr() {
                 info!("{} listener on {addr}", kind.name());
             }
-            loops.push(tokio::spawn(accept_loop(
-                router.clone(),
-                kind,
-                listener,
-                stop_rx.clone(),
-            )));
+            let stop = match kind {
+                Kind::Metrics => stop_metrics_rx.clone(),
+                _ => stop_data_rx.clone(),
+            };
+            let task = tokio::spawn(accept_loop(router.clone(), kind, listener, stop));
+            match kind {
+                Kind::Metrics => metrics_loop = Some(task),
+                _ => data_loops.push(task),
+            }
         }
     }
+    let summaries = tokio::spawn({
+        let router = router.clone();
+        async move {
+            let mut every = tokio::time::interval(cutoffs::INTERVAL);
+            loop {
+                every.tick().await;
+                router.cutoffs.tick();
+            }
+        }
+    });
     shutdown.await;
     router.draining.store(true, Ordering::SeqCst);
-    let _ = stop_tx.send(true);
-    for l in loops {
+    let _ = stop_data.send(true);
+    for l in data_loops {
         let _ = l.await;
     }
     let active = router.active_connections();
     info!(
-        "shutting down: stopped accepting; draining {active} connections for up to {:?}",
+        "shutting down: stopped accepting; /readyz reports draining; draining {active} connections for up to {:?}",
         router.drain_grace
     );
-    let all = u32::try_from(router.max_connections).unwrap_or(u32::MAX);
-    match timeout(router.drain_grace, router.cap.acquire_many(all)).await {
-        Ok(_) => info!("drained: every connection finished"),
-        Err(_) => warn!(
+    if router.places.all_back(router.drain_grace).await {
+        info!("drained: every connection finished");
+    } else {
+        warn!(
             "drain grace period over: closing {} connections",
             router.active_connections()
-        ),
+        );
     }
+    let _ = stop_metrics.send(true);
+    if let Some(l) = metrics_loop {
+        let _ = l.await;
+    }
+    summaries.abort();
+    router.cutoffs.tick();
 }
 
 async fn accept_loop(
@@ -227,7 +277,6 @@ async fn accept_loop(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut at_cap = false;
     loop {
         let (socket, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -241,38 +290,120 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
-        // Accepted first, then a place under the cap: listeners sharing the cap
-        // never hold places while idle. The metrics listener is outside the cap,
-        // so it answers even when the cap is reached.
-        let permit = if kind == Kind::Metrics {
-            None
+        let _ = socket.set_nodelay(true);
+        if kind == Kind::Metrics {
+            // Its own small cap: past it a request is closed at once, so the
+            // metrics listener can never hold descriptors the data path needs.
+            let Ok(place) = router.metrics_places.clone().try_acquire_owned() else {
+                router.metrics.turned_away("metrics", "cap_full");
+                continue;
+            };
+            let router = router.clone();
+            tokio::spawn(async move {
+                serve_metrics(&router, socket).await;
+                drop(place);
+            });
+            continue;
+        }
+        // A place under the cap now, or an answer now: a full cap never
+        // leaves accepted connections hanging.
+        let Some(place) = router.places.try_take() else {
+            turn_away(&router, kind, socket, peer, Refusal::CapFull);
+            continue;
+        };
+        // Direct clients and untrusted upgrade peers are their own client
+        // address; behind a trusted Envoy the address is known after the head.
+        let client_place = if kind == Kind::Direct || !trusted(&router.generation(), peer) {
+            match router.places.take_client(peer.ip()) {
+                Ok(p) => p,
+                Err(limit) => {
+                    drop(place);
+                    turn_away(&router, kind, socket, peer, Refusal::ClientLimit(limit));
+                    continue;
+                }
+            }
         } else {
-            let full = router.cap.available_permits() == 0;
-            if full && !at_cap {
-                warn!(
-                    "connection cap of {} reached: new {} connections wait for a free place",
-                    router.max_connections,
-                    kind.name()
-                );
-            }
-            at_cap = full;
-            tokio::select! {
-                p = router.cap.clone().acquire_owned() => match p { Ok(p) => Some(p), Err(_) => return },
-                _ = stop.changed() => return,
-            }
+            None
         };
         let router = router.clone();
         tokio::spawn(async move {
-            let _ = socket.set_nodelay(true);
-            if kind == Kind::Metrics {
-                return serve_metrics(&router, socket).await;
-            }
             // The lingering close happens when the connection code drops the
             // socket; the place under the cap is held until it is over.
-            let socket = tunnel::Lingering::new(socket, permit);
-            connection(&router, kind, socket, peer).await;
+            let socket = tunnel::Lingering::new(socket, Some(place));
+            connection(&router, kind, socket, peer, client_place).await;
         });
     }
+}
+
+/// Why a connection is turned away at accept.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// Every place under the cap is taken.
+    CapFull,
+    /// The client holds this many places already.
+    ClientLimit(usize),
+}
+
+/// Answers a connection that gets no place: 503 (cap) or 429 (per-client
+/// limit) with a reason on the upgrade listener, a close on the direct one.
+fn turn_away(router: &Arc<Router>, kind: Kind, socket: TcpStream, peer: SocketAddr, why: Refusal) {
+    let (status, label, reason) = match why {
+        Refusal::CapFull => (
+            503,
+            "cap_full",
+            format!(
+                "the router is at its connection cap ({} connections): try again later",
+                router.places.max()
+            ),
+        ),
+        Refusal::ClientLimit(limit) => (
+            429,
+            "client_limit",
+            format!(
+                "too many connections from {}: at most {limit} at once",
+                peer.ip().to_canonical()
+            ),
+        ),
+    };
+    router.metrics.turned_away(kind.name(), label);
+    router.cutoffs.report(label, || {
+        format!(
+            "peer={peer} listener={}: turned away: {reason}",
+            kind.name()
+        )
+    });
+    if kind == Kind::Direct {
+        return; // A close: TLS has no way to say why.
+    }
+    router.metrics.refusal(status);
+    // Bounded: past the refusals in flight, a close without an answer.
+    let Ok(slot) = router.refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut socket = tunnel::Lingering::new(socket, None);
+        let retry = [("Retry-After", "1")];
+        let headers: &[(&str, &str)] = match why {
+            Refusal::CapFull => &retry,
+            Refusal::ClientLimit(_) => &[],
+        };
+        let _ = timeout(
+            tunnel::LINGER,
+            upgrade::refuse::<_, ()>(&mut socket, status, &reason, headers),
+        )
+        .await;
+        drop(socket);
+        drop(slot);
+    });
+}
+
+/// Whether `peer` may tell the client address (`X-Alpn-Client-Addr`).
+fn trusted(generation: &Generation, peer: SocketAddr) -> bool {
+    generation.config.upgrade.as_ref().is_some_and(|up| {
+        up.trusted_peers
+            .iter()
+            .any(|n| n.contains(&peer.ip().to_canonical()))
+    })
 }
 
 /// What one connection's log line reports.
@@ -285,7 +416,27 @@ struct Conn {
     framing: &'static str,
 }
 
-async fn connection(router: &Router, kind: Kind, socket: tunnel::Lingering, peer: SocketAddr) {
+impl Conn {
+    /// The start of the connection's log lines.
+    fn prefix(&self) -> String {
+        format!(
+            "conn {} peer={} client={} listener={} framing={}",
+            self.id,
+            self.peer,
+            self.client,
+            self.kind.name(),
+            self.framing
+        )
+    }
+}
+
+async fn connection(
+    router: &Arc<Router>,
+    kind: Kind,
+    socket: tunnel::Lingering,
+    peer: SocketAddr,
+    mut client_place: Option<ClientPlace>,
+) {
     let id = router.next_id.fetch_add(1, Ordering::Relaxed);
     let generation = router.generation();
     let local = socket.local_addr().unwrap_or(peer);
@@ -298,7 +449,9 @@ async fn connection(router: &Router, kind: Kind, socket: tunnel::Lingering, peer
         framing: "none",
     };
     if kind == Kind::Direct {
-        return serve_tls(router, &generation, &mut conn, socket).await;
+        let mut socket = socket;
+        serve_tls(router, &generation, &mut conn, &mut socket).await;
+        return;
     }
     let Some(up) = generation.config.upgrade.as_ref() else {
         return warn!("conn {id} peer={peer} listener=upgrade: closed: the configuration reloaded since start has no [upgrade]");
@@ -309,27 +462,31 @@ async fn connection(router: &Router, kind: Kind, socket: tunnel::Lingering, peer
         Some(acceptor) => match timeout(limits.handshake_timeout, acceptor.accept(socket)).await {
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => {
-                return info!(
-                    "conn {id} peer={peer} listener=upgrade: TLS from the proxy failed: {e}"
-                )
+                return router.cutoffs.report("proxy TLS failed", || {
+                    format!(
+                        "conn {id} peer={peer} listener=upgrade: TLS from the proxy failed: {e}"
+                    )
+                })
             }
             Err(_) => {
-                return info!(
-                    "conn {id} peer={peer} listener=upgrade: TLS from the proxy timed out"
-                )
+                return router.cutoffs.report("proxy TLS timeout", || {
+                    format!("conn {id} peer={peer} listener=upgrade: TLS from the proxy timed out")
+                })
             }
         },
     };
-    let accepted = match timeout(
+    let pending = match timeout(
         limits.header_timeout,
-        upgrade::accept(&mut stream, &up.path),
+        upgrade::read_request(&mut stream, &up.path),
     )
     .await
     {
-        Ok(Ok(a)) => a,
+        Ok(Ok(p)) => p,
         Ok(Err(UpgradeError::Refused { status, reason })) => {
             router.metrics.refusal(status);
-            return info!("conn {id} peer={peer} listener=upgrade: refused {status}: {reason}");
+            return router.cutoffs.report(refusal_kind(status), || {
+                format!("conn {id} peer={peer} listener=upgrade: refused {status}: {reason}")
+            });
         }
         Ok(Err(e)) => return debug!("conn {id} peer={peer} listener=upgrade: no upgrade: {e}"),
         Err(_) => {
@@ -338,103 +495,165 @@ async fn connection(router: &Router, kind: Kind, socket: tunnel::Lingering, peer
                 "no complete upgrade request within {}",
                 humantime::format_duration(limits.header_timeout)
             );
-            let _ = upgrade::refuse(&mut stream, 408, &reason, &[]).await;
-            return info!("conn {id} peer={peer} listener=upgrade: cut off: {reason}");
+            let _ = upgrade::refuse::<_, ()>(&mut stream, 408, &reason, &[]).await;
+            return router.cutoffs.report("refused 408", || {
+                format!("conn {id} peer={peer} listener=upgrade: cut off: {reason}")
+            });
         }
     };
-    let trusted = up
-        .trusted_peers
-        .iter()
-        .any(|n| n.contains(&peer.ip().to_canonical()));
-    if let (true, Some(addr)) = (trusted, accepted.client_addr) {
+    if let (true, Some(addr)) = (trusted(&generation, peer), pending.accepted().client_addr) {
         conn.client = SocketAddr::new(addr, 0);
     }
+    if client_place.is_none() {
+        // Behind a trusted peer: the client it names is held to the limit.
+        match router.places.take_client(conn.client.ip()) {
+            Ok(p) => client_place = p,
+            Err(limit) => {
+                let reason = format!(
+                    "too many connections from {}: at most {limit} at once",
+                    conn.client.ip()
+                );
+                router.metrics.turned_away("upgrade", "client_limit");
+                router.metrics.refusal(429);
+                let _ = upgrade::refuse::<_, ()>(&mut stream, 429, &reason, &[]).await;
+                return router.cutoffs.report("client_limit", || {
+                    format!("{}: refused 429: {reason}", conn.prefix())
+                });
+            }
+        }
+    }
+    let accepted = match pending.switch(&mut stream).await {
+        Ok(a) => a,
+        Err(e) => return debug!("{}: answering the upgrade: {e}", conn.prefix()),
+    };
     conn.framing = accepted.framing.name();
-    let framed = Framed::new(
+    let mut framed = Framed::new(
         accepted.framing,
         Role::Server,
         stream,
         accepted.leftover,
         up.ping_interval,
     );
-    serve_tls(router, &generation, &mut conn, framed).await;
+    serve_tls(router, &generation, &mut conn, &mut framed).await;
+    drop(client_place);
 }
 
-async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin>(
+/// The kind a refusal is counted under in the cut-off log.
+fn refusal_kind(status: u16) -> &'static str {
+    match status {
+        400 => "refused 400",
+        404 => "refused 404",
+        405 => "refused 405",
+        426 => "refused 426",
+        431 => "refused 431",
+        _ => "refused",
+    }
+}
+
+async fn serve_tls<S: Finish>(
     router: &Router,
     generation: &Generation,
     conn: &mut Conn,
-    stream: S,
+    stream: &mut S,
 ) {
-    let Conn {
-        id, peer, client, ..
-    } = *conn;
     let listener = conn.kind.name();
     let config = &generation.config;
-    let (tls, hs) = match timeout(
-        config.limits.handshake_timeout,
-        tls::accept(stream, &generation.inner_tls, &config.routes),
+    let limits = &config.limits;
+    let (mut tls, hs) = match timeout(
+        limits.handshake_timeout,
+        tls::accept(&mut *stream, &generation.inner_tls, &config.routes),
     )
     .await
     {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             router.metrics.handshake_failure(listener, e.reason());
-            return info!("conn {id} peer={peer} client={client} listener={listener} framing={}: inner TLS: {e}", conn.framing);
+            return router.cutoffs.report("inner TLS failed", || {
+                format!("{}: inner TLS: {e}", conn.prefix())
+            });
         }
         Err(_) => {
             router.metrics.handshake_failure(listener, "timeout");
-            return info!("conn {id} peer={peer} client={client} listener={listener} framing={}: inner TLS handshake timed out", conn.framing);
+            return router.cutoffs.report("inner TLS timeout", || {
+                format!("{}: inner TLS handshake timed out", conn.prefix())
+            });
         }
     };
     let route = &config.routes[hs.route];
     let label = route_label(route);
     let sni = hs.sni.as_deref().unwrap_or("-");
+    let prefix = format!(
+        "{} sni={sni} alpn={} route={label}",
+        conn.prefix(),
+        route.alpn
+    );
     router.metrics.connection(listener, conn.framing, &label);
     let started = Instant::now();
-    let backend = match tunnel::dial(route, client, conn.local, config.limits.connect_timeout).await
-    {
+    let backend = match tunnel::dial(route, conn.client, conn.local, limits.connect_timeout).await {
         Ok(b) => b,
         Err(e) => {
             router.metrics.backend_failure(&label);
-            let mut tls = tls;
-            let _ = timeout(tunnel::LINGER, tls.shutdown()).await;
-            return warn!(
-                "conn {id} peer={peer} client={client} listener={listener} framing={} sni={sni} alpn={} route={label}: backend unreachable, client closed: {e}",
-                conn.framing, route.alpn
-            );
+            warn!("{prefix}: backend unreachable, the client is told of a failure (no close_notify): {e}");
+            // No close_notify: the client must not take this for a clean end.
+            let _ = timeout(tunnel::LINGER, tls.flush()).await;
+            drop(tls);
+            stream.finish(Ending::Failed, limits.close_timeout).await;
+            return;
         }
     };
     router.metrics.tunnel_opened();
-    debug!("conn {id} peer={peer} client={client} listener={listener} framing={} sni={sni} alpn={} route={label} backend={}: tunnel open", conn.framing, route.alpn, route.backend);
-    let mut tls = tls;
-    let outcome = tunnel::pipe(&mut tls, backend, route.idle_timeout).await;
-    // An idle or failed tunnel still ends with TLS close_notify, so the client
-    // sees a clean close rather than a truncation.
-    let _ = timeout(tunnel::LINGER, tls.shutdown()).await;
+    debug!("{prefix} backend={}: tunnel open", route.backend);
+    let quiet = Quiet {
+        idle: route.idle_timeout,
+        half_closed: limits.half_closed_timeout,
+    };
+    let outcome = tunnel::pipe(&mut tls, backend, quiet).await;
+    let ending = outcome.end.ending();
+    // close_notify only when the backend ended cleanly (or a quiet tunnel was
+    // closed): after a failure the client must see a truncation.
+    match ending {
+        Ending::Clean => {
+            let _ = timeout(tunnel::LINGER, tls.shutdown()).await;
+        }
+        Ending::Failed => {
+            let _ = timeout(tunnel::LINGER, tls.flush()).await;
+        }
+    }
+    drop(tls);
     let duration = started.elapsed();
     router
         .metrics
         .tunnel_closed(&label, outcome.to_backend, outcome.to_client, duration);
     info!(
-        "conn {id} peer={peer} client={client} listener={listener} framing={} sni={sni} alpn={} route={label} backend={} to_backend={} to_client={} duration={:.3}s ended: {}",
-        conn.framing,
-        route.alpn,
+        "{prefix} backend={} to_backend={} to_client={} duration={:.3}s ended: {}",
         route.backend,
         outcome.to_backend,
         outcome.to_client,
         duration.as_secs_f64(),
         outcome.end
     );
+    stream.finish(ending, limits.close_timeout).await;
 }
 
-/// Answers one request on the metrics listener.
+/// Answers one request on the metrics listener, within the listener's whole
+/// request deadline.
 async fn serve_metrics(router: &Router, mut socket: TcpStream) {
+    let deadline = router
+        .generation()
+        .config
+        .metrics
+        .map_or(crate::config::MetricsListener::REQUEST_TIMEOUT, |m| {
+            m.request_timeout
+        });
+    let _ = timeout(deadline, answer_metrics(router, &mut socket)).await;
+}
+
+async fn answer_metrics(router: &Router, socket: &mut TcpStream) {
     let mut buf = Vec::new();
     let path = loop {
         let mut chunk = [0u8; 1024];
-        let n = match timeout(Duration::from_secs(5), socket.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => n,
+        let n = match socket.read(&mut chunk).await {
+            Ok(n) if n > 0 => n,
             _ => return,
         };
         buf.extend_from_slice(&chunk[..n]);
@@ -461,12 +680,10 @@ async fn serve_metrics(router: &Router, mut socket: TcpStream) {
             router.metrics.render(),
         ),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-        "/readyz" if router.draining.load(Ordering::SeqCst) => (
-            "503 Service Unavailable",
-            "text/plain",
-            "draining\n".to_string(),
-        ),
-        "/readyz" => ("200 OK", "text/plain", "ready\n".to_string()),
+        "/readyz" => match router.not_ready() {
+            Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+            None => ("200 OK", "text/plain", "ready\n".to_string()),
+        },
         _ => (
             "404 Not Found",
             "text/plain",

@@ -1,18 +1,23 @@
 //! The tunnel: dial the route's backend (with a deadline, the optional PROXY v2
 //! header and optional TLS), then copy both directions until both are done. An
 //! EOF from one side becomes a write shutdown towards the other (TLS sends its
-//! `close_notify`), so half-closed protocols lose no byte.
+//! `close_notify`), so half-closed protocols lose no byte. A read or write error
+//! ends the tunnel as failed (which side failed is recorded), so that the client
+//! is not told of a clean end; and the end of the outer connection ([`Finish`])
+//! waits for the peer, so that no close turns its late bytes into a reset.
 
+use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -113,19 +118,57 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// A lingering close of `socket`: send FIN if not sent, then read and discard
 /// until EOF, at most [`LINGER`] and 1 MiB.
 pub async fn linger(mut socket: TcpStream) {
-    use tokio::io::AsyncReadExt;
     let _ = socket.shutdown().await;
-    let drain = async {
-        let mut scratch = [0u8; 4096];
-        let mut total = 0usize;
-        while total < 1 << 20 {
-            match socket.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
+    let _ = tokio::time::timeout(LINGER, discard_until_end(&mut socket, 1 << 20)).await;
+}
+
+/// Reads and discards until the peer ends its side (EOF, or an error), or
+/// `limit` bytes were discarded.
+pub async fn discard_until_end<S: AsyncRead + Unpin + ?Sized>(stream: &mut S, limit: u64) {
+    let mut scratch = [0u8; 4096];
+    let mut total = 0u64;
+    while total < limit {
+        match stream.read(&mut scratch).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
         }
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+}
+
+/// How a tunnel ended, as the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The backend ended cleanly (or the router closed a quiet tunnel): TLS
+    /// `close_notify`, WebSocket Close 1000.
+    Clean,
+    /// The backend failed (reset, refused, unreachable) or a read or write
+    /// failed: no `close_notify`, WebSocket Close 1011, so the client sees a
+    /// truncation rather than a clean end.
+    Failed,
+}
+
+/// The end of an outer connection once the inner TLS is over.
+pub trait Finish: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Tells the peer how the tunnel ended where the framing can (a WebSocket
+    /// Close; after a failure, the end of the stream at once), then reads and
+    /// discards until the peer ends its side, at most `deadline`. Closing before
+    /// that would turn what the peer still sends (a Pong, a ping, its Close) into
+    /// a reset that destroys data it has not read yet.
+    fn finish(&mut self, ending: Ending, deadline: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// The most a closing connection discards while it waits for the peer.
+const DISCARD_LIMIT: u64 = 64 << 20;
+
+impl Finish for Lingering {
+    async fn finish(&mut self, ending: Ending, deadline: Duration) {
+        // Direct TLS has no framing: a failed tunnel ends with FIN at once; a
+        // clean one already sent FIN behind its close_notify.
+        if ending == Ending::Failed {
+            let _ = self.shutdown().await;
+        }
+        let _ = tokio::time::timeout(deadline, discard_until_end(self, DISCARD_LIMIT)).await;
+    }
 }
 
 /// A client connection that closes with a [`linger`] when the connection code
@@ -222,18 +265,62 @@ pub enum End {
     Closed,
     /// No byte either way for the route's idle timeout.
     Idle(Duration),
-    /// A read or write failed (a reset, a TLS or framing error).
-    Error(io::Error),
+    /// One direction had ended and no byte came for this long.
+    HalfClosed(Duration),
+    /// A read or write failed (a reset, a TLS or framing error) on this side.
+    Error(Side, io::Error),
 }
 
-impl std::fmt::Display for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl End {
+    /// What the client is told: a failure is not a clean end.
+    pub fn ending(&self) -> Ending {
+        match self {
+            End::Error(..) => Ending::Failed,
+            _ => Ending::Clean,
+        }
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             End::Closed => write!(f, "both sides closed"),
             End::Idle(t) => write!(f, "idle for {}", humantime::format_duration(*t)),
-            End::Error(e) => write!(f, "error: {e}"),
+            End::HalfClosed(t) => write!(
+                f,
+                "half-closed and quiet for {}",
+                humantime::format_duration(*t)
+            ),
+            End::Error(side, e) => write!(f, "{side} error: {e}"),
         }
     }
+}
+
+/// The two ends of a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client (inner TLS).
+    Client,
+    /// The backend.
+    Backend,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        })
+    }
+}
+
+/// When a tunnel is closed for lack of traffic.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet {
+    /// No byte either way for this long; `None`: never.
+    pub idle: Option<Duration>,
+    /// One direction ended and no byte came for this long.
+    pub half_closed: Duration,
 }
 
 /// What a tunnel carried and why it ended.
@@ -248,11 +335,11 @@ pub struct Outcome {
 }
 
 /// Copies between `client` and `backend` until both directions are done, the
-/// tunnel is idle for `idle`, or an error ends it.
+/// tunnel is quiet for longer than `quiet` allows, or an error ends it.
 pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     backend: Box<dyn Io>,
-    idle: Option<Duration>,
+    quiet: Quiet,
 ) -> Outcome {
     let activity = Arc::new(Activity::new());
     let mut client = Metered {
@@ -266,21 +353,29 @@ pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
         count: Count::ToClient,
     };
     let copy = crate::copy::bidirectional(&mut client, &mut backend);
-    let end = match idle {
-        None => match copy.await {
-            Ok(_) => End::Closed,
-            Err(e) => End::Error(e),
-        },
-        Some(limit) => {
-            tokio::pin!(copy);
-            loop {
-                let deadline = activity.last() + limit;
-                tokio::select! {
-                    result = &mut copy => break match result { Ok(_) => End::Closed, Err(e) => End::Error(e) },
-                    _ = tokio::time::sleep_until(deadline) => {
-                        if activity.last() + limit <= Instant::now() {
-                            break End::Idle(limit);
-                        }
+    tokio::pin!(copy);
+    let end = loop {
+        // The quiet limit in force: the idle timeout, or the half-closed one
+        // once a direction has ended (whichever is shorter).
+        let half = activity.half_closed.load(Ordering::Relaxed);
+        let limit = match (quiet.idle, half) {
+            (Some(idle), true) if quiet.half_closed < idle => Some((quiet.half_closed, true)),
+            (Some(idle), _) => Some((idle, false)),
+            (None, true) => Some((quiet.half_closed, true)),
+            (None, false) => None,
+        };
+        let deadline = limit.map(|(t, _)| activity.last() + t);
+        tokio::select! {
+            result = &mut copy => break match result {
+                Ok(_) => End::Closed,
+                Err(e) => End::Error(activity.failed_side(), e),
+            },
+            // A direction ending changes the limit: look again.
+            _ = activity.half_closed_now.notified(), if !half => {}
+            _ = sleep_until_some(deadline) => {
+                if let Some((t, half)) = limit {
+                    if activity.last() + t <= Instant::now() {
+                        break if half { End::HalfClosed(t) } else { End::Idle(t) };
                     }
                 }
             }
@@ -293,12 +388,25 @@ pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Byte counts and the time of the last byte, shared by both sides' meters.
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Byte counts, the time of the last byte, whether a direction has ended and
+/// which side failed first, shared by both sides' meters.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     to_backend: AtomicU64,
     to_client: AtomicU64,
+    half_closed: AtomicBool,
+    half_closed_now: tokio::sync::Notify,
+    /// 0: none yet; 1: the client; 2: the backend.
+    failed: AtomicU8,
 }
 
 impl Activity {
@@ -308,6 +416,28 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             to_backend: AtomicU64::new(0),
             to_client: AtomicU64::new(0),
+            half_closed: AtomicBool::new(false),
+            half_closed_now: tokio::sync::Notify::new(),
+            failed: AtomicU8::new(0),
+        }
+    }
+
+    fn fail(&self, side: Side) {
+        let code = match side {
+            Side::Client => 1,
+            Side::Backend => 2,
+        };
+        let _ = self
+            .failed
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The side whose read or write failed first (the backend, unless the
+    /// client's did).
+    fn failed_side(&self) -> Side {
+        match self.failed.load(Ordering::Relaxed) {
+            1 => Side::Client,
+            _ => Side::Backend,
         }
     }
 
@@ -327,11 +457,30 @@ enum Count {
     ToClient,
 }
 
-/// Counts what is read from the stream it wraps and notes the time.
+/// Counts what is read from the stream it wraps, notes the time, an EOF and
+/// the first error.
 struct Metered<S> {
     inner: S,
     activity: Arc<Activity>,
     count: Count,
+}
+
+impl<S> Metered<S> {
+    /// The side this stream is.
+    fn side(&self) -> Side {
+        match self.count {
+            Count::ToBackend => Side::Client,
+            Count::ToClient => Side::Backend,
+        }
+    }
+
+    /// Notes an error of this side.
+    fn noted<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(_)) = &result {
+            self.activity.fail(self.side());
+        }
+        result
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
@@ -341,6 +490,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
         if n > 0 {
@@ -350,8 +500,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
             };
             counter.fetch_add(n, Ordering::Relaxed);
             self.activity.touch();
+        } else if room && matches!(result, Poll::Ready(Ok(()))) {
+            // An EOF: this direction is over, the tunnel is half-closed.
+            self.activity.touch();
+            if !self.activity.half_closed.swap(true, Ordering::Relaxed) {
+                self.activity.half_closed_now.notify_one();
+            }
         }
-        result
+        self.noted(result)
     }
 }
 
@@ -361,14 +517,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.noted(result)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.noted(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.noted(result)
     }
 }

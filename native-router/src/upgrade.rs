@@ -24,6 +24,44 @@ pub const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
+/// A valid upgrade request not answered yet: the caller may still refuse it
+/// (a policy of its own, such as a per-client limit) or [`Self::switch`].
+#[derive(Debug)]
+pub struct Pending {
+    accepted: Accepted,
+    /// The `Sec-WebSocket-Accept` value, for WebSocket.
+    websocket_accept: Option<String>,
+}
+
+impl Pending {
+    /// What the request asked for.
+    pub fn accepted(&self) -> &Accepted {
+        &self.accepted
+    }
+
+    /// Answers `101 Switching Protocols`.
+    pub async fn switch<S: AsyncWrite + Unpin>(
+        self,
+        stream: &mut S,
+    ) -> Result<Accepted, UpgradeError> {
+        let framing = self.accepted.framing;
+        let mut answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {}\r\n",
+            framing.upgrade_token()
+        );
+        if let (Framing::WebSocket(sub), Some(accept)) = (framing, &self.websocket_accept) {
+            answer.push_str(&format!(
+                "Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {}\r\n",
+                sub.token()
+            ));
+        }
+        answer.push_str("\r\n");
+        stream.write_all(answer.as_bytes()).await?;
+        stream.flush().await?;
+        Ok(self.accepted)
+    }
+}
+
 /// An accepted upgrade: how to frame the stream, and what came with it.
 #[derive(Debug)]
 pub struct Accepted {
@@ -60,6 +98,15 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     path: &str,
 ) -> Result<Accepted, UpgradeError> {
+    read_request(stream, path).await?.switch(stream).await
+}
+
+/// Reads one upgrade request on `path` and validates it; an invalid one is
+/// answered with its refusal, a valid one is left for the caller to answer.
+pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+) -> Result<Pending, UpgradeError> {
     let mut buf = Vec::with_capacity(1024);
     let head_len = loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -112,6 +159,20 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             )
         })
         .collect();
+    // HTTP/1.1 only, with its mandatory Host (RFC 9112 section 3.2): the
+    // router must be safe when reached without Envoy in front.
+    if req.version != Some(1) {
+        return refuse(
+            stream,
+            400,
+            "connection upgrades need HTTP/1.1 (this request is HTTP/1.0)",
+            &[],
+        )
+        .await;
+    }
+    if !header_list.iter().any(|(name, _)| name == "host") {
+        return refuse(stream, 400, "an HTTP/1.1 request needs a Host header", &[]).await;
+    }
     let request = Request {
         method: req.method.unwrap_or(""),
         path: req.path.unwrap_or(""),
@@ -151,28 +212,18 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             .await;
         }
     };
-    let mut answer = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {}\r\n",
-        framing.upgrade_token()
-    );
-    if let Framing::WebSocket(sub) = framing {
-        let key = request.single("sec-websocket-key").unwrap_or_default();
-        answer.push_str(&format!(
-            "Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {}\r\n",
-            accept_key(key),
-            sub.token()
-        ));
-    }
-    answer.push_str("\r\n");
-    stream.write_all(answer.as_bytes()).await?;
-    stream.flush().await?;
+    let websocket_accept = matches!(framing, Framing::WebSocket(_))
+        .then(|| accept_key(request.single("sec-websocket-key").unwrap_or_default()));
     let client_addr = request
         .single(&rules.client_addr_header)
         .and_then(alpn_upgrade_filter::client_addr::parse_addr);
-    Ok(Accepted {
-        framing,
-        client_addr,
-        leftover: buf[head_len..].to_vec(),
+    Ok(Pending {
+        accepted: Accepted {
+            framing,
+            client_addr,
+            leftover: buf[head_len..].to_vec(),
+        },
+        websocket_accept,
     })
 }
 
@@ -184,22 +235,22 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-async fn refuse_with<S: AsyncWrite + Unpin>(
+async fn refuse_with<S: AsyncWrite + Unpin, T>(
     stream: &mut S,
     r: &Refusal,
-) -> Result<Accepted, UpgradeError> {
+) -> Result<T, UpgradeError> {
     let extra: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     refuse(stream, r.kind.status() as u16, &r.reason, &extra).await
 }
 
 /// Answers with `status` and a one-line `text/plain` reason, then shuts down
 /// the write side.
-pub async fn refuse<S: AsyncWrite + Unpin>(
+pub async fn refuse<S: AsyncWrite + Unpin, T>(
     stream: &mut S,
     status: u16,
     reason: &str,
     headers: &[(&str, &str)],
-) -> Result<Accepted, UpgradeError> {
+) -> Result<T, UpgradeError> {
     let body = format!("{reason}\n");
     let mut answer = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -423,6 +474,8 @@ mod tests {
             ("GET /elsewhere HTTP/1.1\r\nHost: r\r\nConnection: upgrade\r\nUpgrade: alpn\r\n\r\n", 404, "not an upgrade path"),
             ("GET /connectionupgrade HTTP/1.1\r\nHost: r\r\nConnection: upgrade\r\nUpgrade: alpn\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "must not have a body"),
             ("GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+            ("GET /connectionupgrade HTTP/1.0\r\nHost: r\r\nConnection: upgrade\r\nUpgrade: alpn\r\n\r\n", 400, "need HTTP/1.1"),
+            ("GET /connectionupgrade HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: alpn\r\n\r\n", 400, "needs a Host header"),
         ] {
             let (result, answer) = exchange(request.as_bytes()).await;
             assert!(matches!(result, Err(UpgradeError::Refused { status: s, .. }) if s == status), "{request:?}: {result:?}");

@@ -57,7 +57,13 @@ fn the_example_loads_with_its_meanings() {
     assert_eq!(upgrade.ping_interval, Duration::from_secs(30));
     assert_eq!(upgrade.trusted_peers.len(), 1);
     assert_eq!(config.direct.unwrap().to_string(), "0.0.0.0:9443");
-    assert_eq!(config.metrics.unwrap().to_string(), "127.0.0.1:9090");
+    let metrics = config.metrics.unwrap();
+    assert_eq!(metrics.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(
+        (metrics.max_connections, metrics.request_timeout),
+        (16, Duration::from_secs(5)),
+        "the metrics listener has a cap and a deadline by default"
+    );
     assert_eq!(config.default_cert.chain.len(), 1);
     assert_eq!(config.routes.len(), 2);
     let pg = &config.routes[0];
@@ -109,6 +115,21 @@ fn every_mistake_names_its_key() {
             "route[1].backend",
         ),
         ("alpn = \"redis\"", "alpn = \"postgresql\"", "route[1].alpn"),
+        (
+            "listen = \"127.0.0.1:9090\"",
+            "listen = \"127.0.0.1:9090\"\nmax_connections = 0",
+            "metrics.max_connections",
+        ),
+        (
+            "listen = \"127.0.0.1:9090\"",
+            "listen = \"127.0.0.1:9090\"\n[limits]\nhalf_closed_timeout = \"soon\"",
+            "limits.half_closed_timeout",
+        ),
+        (
+            "listen = \"127.0.0.1:9090\"",
+            "listen = \"127.0.0.1:9090\"\n[limits]\nmax_connections_per_client = 0",
+            "limits.max_connections_per_client",
+        ),
         (
             "proxy_protocol = true",
             "proxy_protocol = \"yes\"",

@@ -13,33 +13,14 @@ use alpn_router::{client, upgrade};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
 use support::{
-    backend, config, echo, echo_round_trip, proxy_then_echo, tunnel, Pki, RouterProcess, DEADLINE,
+    addr_for, backend, config, echo, echo_round_trip, name, proxy_then_echo, tunnel, Pki,
+    RouterProcess, DEADLINE, FRAMINGS,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-const FRAMINGS: [Option<Framing>; 5] = [
-    None,
-    Some(Framing::Alpn),
-    Some(Framing::AlpnPing),
-    Some(Framing::WebSocket(Subprotocol::Alpn)),
-    Some(Framing::WebSocket(Subprotocol::AlpnPing)),
-];
-
-fn name(f: Option<Framing>) -> &'static str {
-    f.map_or("direct", Framing::name)
-}
-
 fn digest(bytes: &[u8]) -> Vec<u8> {
     Sha1::digest(bytes).to_vec()
-}
-
-fn addr_for(router: &RouterProcess, f: Option<Framing>) -> std::net::SocketAddr {
-    if f.is_some() {
-        router.upgrade
-    } else {
-        router.direct
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +318,15 @@ async fn a_dead_backend_closes_the_client_promptly_and_logs_the_route() {
         let read = timeout(DEADLINE, s.read_to_end(&mut rest))
             .await
             .expect("the router must close the tunnel");
-        assert!(read.is_ok() && rest.is_empty(), "{}: {read:?}", name(f));
+        // Promptly, and not as a clean end: no close_notify after a failure.
+        assert!(
+            rest.is_empty()
+                && read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{}: {read:?}",
+            name(f)
+        );
     }
     let line = router.wait_for("backend unreachable");
     assert!(
@@ -511,6 +500,13 @@ async fn sigterm_stops_accepting_and_drains_live_tunnels() {
     .unwrap();
     router.signal("TERM");
     router.wait_for("draining 1 connections");
+    // Draining is not dead: the metrics listener answers until the end.
+    let ready = router.get("/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.1 503 ") && ready.ends_with("draining\n"),
+        "{ready}"
+    );
+    assert!(router.get("/healthz").starts_with("HTTP/1.1 200 "));
     assert!(
         tunnel(&pki, router.direct, None, &["redis"], None)
             .await
@@ -524,6 +520,7 @@ async fn sigterm_stops_accepting_and_drains_live_tunnels() {
     live.shutdown().await.unwrap();
     let mut rest = Vec::new();
     live.read_to_end(&mut rest).await.unwrap();
+    drop(live);
     assert!(
         router.wait_exit(),
         "exits cleanly once drained:\n{}",
@@ -617,40 +614,6 @@ async fn an_idle_tunnel_is_closed_after_the_routes_idle_timeout() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_connection_cap_makes_new_connections_wait_and_says_so() {
-    let pki = std::sync::Arc::new(Pki::new());
-    let a = backend(echo);
-    let toml = config(&format!(
-        "[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\n",
-        a.addr
-    ))
-    .replace("[limits]\n", "[limits]\nmax_connections = 1\n");
-    let mut router = RouterProcess::start(pki.dir.path(), &toml);
-    let (first, _) = tunnel(&pki, router.direct, None, &["redis"], None)
-        .await
-        .unwrap();
-    let pki2 = pki.clone();
-    let direct = router.direct;
-    let second = tokio::spawn(async move {
-        tunnel(&pki2, direct, None, &["redis"], None)
-            .await
-            .map(|(_, alpn)| alpn)
-    });
-    router.wait_for("connection cap of 1 reached: new direct connections wait for a free place");
-    assert!(
-        !second.is_finished(),
-        "the second connection must wait while the first is open"
-    );
-    drop(first);
-    let alpn = timeout(DEADLINE, second).await.unwrap().unwrap().unwrap();
-    assert_eq!(
-        alpn.as_deref(),
-        Some("redis"),
-        "served once the first closed"
-    );
-}
-
 /// Open file descriptors of process `pid`.
 fn descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -697,4 +660,42 @@ async fn a_tunnel_holds_two_descriptors_in_the_router_and_none_once_closed() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(descriptors(router.pid()), before, "{}", router.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_summarised_rather_than_logged_one_by_one() {
+    let pki = Pki::new();
+    let a = backend(echo);
+    let mut router = RouterProcess::start(
+        pki.dir.path(),
+        &config(&format!(
+            "[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\n",
+            a.addr
+        )),
+    );
+    let upgrade = router.upgrade;
+    let sent = tokio::task::spawn_blocking(move || {
+        for i in 0..50 {
+            let mut s = TcpStream::connect(upgrade).unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            write!(s, "GET /connectionupgrade HTTP/1.1\r\nHost: r{i}\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+        }
+    });
+    sent.await.unwrap();
+    let summary = router.wait_for("more connections refused or cut off in the last");
+    assert!(summary.contains("refused 426 x40"), "{summary}");
+    let one_by_one = router
+        .log()
+        .lines()
+        .filter(|l| l.contains(" INFO ") && l.contains(": refused 426: "))
+        .count();
+    assert_eq!(
+        one_by_one,
+        10,
+        "a client chose the log's volume:\n{}",
+        router.log()
+    );
 }

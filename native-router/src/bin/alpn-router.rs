@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use alpn_router::config::Config;
+use alpn_router::descriptors;
 use alpn_router::server::{self, route_label, Listeners, Router};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use log::{error, info};
+use log::{error, info, warn};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// The ALPN router: answers tunnel upgrades from Envoy (and direct TLS), runs the
@@ -72,7 +73,22 @@ fn check(path: &Path) -> anyhow::Result<()> {
                 println!("  direct TLS listener {d}");
             }
             if let Some(m) = c.metrics {
-                println!("  metrics listener {m}");
+                println!(
+                    "  metrics listener {} (at most {} requests at once)",
+                    m.listen, m.max_connections
+                );
+            }
+            // The server raises its soft limit to the hard one at start.
+            match descriptors::limit() {
+                Ok(limit) => match descriptors::warning(c, limit.hard) {
+                    Some(w) => println!("  warning: {w}"),
+                    None => println!(
+                        "  file descriptors: {} needed at the caps, {} available",
+                        descriptors::needed(c),
+                        limit.hard
+                    ),
+                },
+                Err(e) => println!("  warning: cannot read the file descriptor limit: {e}"),
             }
             for r in &c.routes {
                 let cert = if r.client_ca.is_some() {
@@ -91,6 +107,15 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let config = Config::load(&path)?;
+        match descriptors::raise() {
+            Ok(limit) => {
+                info!("file descriptor limit {} (hard {})", limit.soft, limit.hard);
+                if let Some(w) = descriptors::warning(&config, limit.soft) {
+                    warn!("{w}");
+                }
+            }
+            Err(e) => warn!("cannot raise the file descriptor limit: {e}"),
+        }
         let listeners = Listeners::bind(&config).await?;
         let router = Router::new(config).context("building the TLS configuration")?;
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use crate::tunnel::{Ending, Finish};
+
 pub use alpn_ping::AlpnPingStream;
 pub use websocket::WebSocketStream;
 
@@ -171,6 +173,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Framed<S> {
         result
     }
 }
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Finish for Framed<S> {
+    async fn finish(&mut self, ending: Ending, deadline: Duration) {
+        use tokio::io::AsyncWriteExt;
+        let wait = async {
+            match &mut self.kind {
+                // A WebSocket tunnel ends with the closing handshake: our Close
+                // (1000, or 1011 when the tunnel failed), then the peer's.
+                Kind::WebSocket(ws) => {
+                    ws.queue_close(match ending {
+                        Ending::Clean => websocket::CLOSE_NORMAL,
+                        Ending::Failed => websocket::CLOSE_INTERNAL_ERROR,
+                    });
+                    let _ = ws.flush().await;
+                }
+                // No framing-level close: a failed tunnel ends with FIN at
+                // once; after a clean one the client closes once it has read
+                // the close_notify (a FIN from here would make a load balancer
+                // end both directions while the client may still ping).
+                Kind::Raw(s) if ending == Ending::Failed => {
+                    let _ = s.shutdown().await;
+                }
+                Kind::AlpnPing(s) if ending == Ending::Failed => {
+                    let _ = s.shutdown().await;
+                }
+                Kind::Raw(_) | Kind::AlpnPing(_) => {}
+            }
+            // Reads through the framing until the peer's Close or EOF.
+            crate::tunnel::discard_until_end(self, DISCARD_LIMIT).await;
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+    }
+}
+
+/// The most a closing tunnel discards while it waits for the peer.
+const DISCARD_LIMIT: u64 = 64 << 20;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Framed<S> {
     fn poll_write(

@@ -33,9 +33,19 @@ const FIN: u8 = 0x80;
 const MASKED: u8 = 0x80;
 
 /// Close status codes (RFC 6455 section 7.4.1).
-const CLOSE_NORMAL: u16 = 1000;
+pub(crate) const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
+const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+pub(crate) const CLOSE_INTERNAL_ERROR: u16 = 1011;
+
+/// Whether `code` may travel in a Close frame (RFC 6455 section 7.4): the
+/// defined codes except those reserved for reporting (1004, 1005, 1006, 1015),
+/// the IANA-registered 1012 to 1014, and the ranges for libraries and
+/// applications (3000 to 4999).
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
 
 /// A stream framed as WebSocket binary messages.
 pub struct WebSocketStream<S> {
@@ -157,6 +167,14 @@ impl<S> WebSocketStream<S> {
             ping_pending: false,
             close: CloseState::Open,
             pinger: Pinger::new(ping_interval),
+        }
+    }
+
+    /// Queues our Close with `code`, sent at the next write frame boundary
+    /// (a flush pushes it out); nothing is sent after it. No-op once closing.
+    pub fn queue_close(&mut self, code: u16) {
+        if self.close == CloseState::Open {
+            self.close = CloseState::Queued(Some(code));
         }
     }
 
@@ -482,10 +500,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                                     "one-byte Close payload",
                                 )));
                             }
+                            let code =
+                                (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                            if let Some(code) = code.filter(|c| !close_code_allowed(*c)) {
+                                return Poll::Ready(Err(this.fail(
+                                    cx,
+                                    CLOSE_PROTOCOL_ERROR,
+                                    &format!("Close code {code} may not be sent"),
+                                )));
+                            }
+                            if len > 2 && std::str::from_utf8(&payload[2..]).is_err() {
+                                return Poll::Ready(Err(this.fail(
+                                    cx,
+                                    CLOSE_INVALID_PAYLOAD,
+                                    "Close reason is not UTF-8",
+                                )));
+                            }
                             this.read_state = ReadState::Closed;
                             if this.close == CloseState::Open {
-                                let code = (len >= 2)
-                                    .then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                                // Echo the peer's code; an empty Close gets an
+                                // empty one (1005 is never sent).
                                 this.close = CloseState::Queued(code);
                             }
                             // Best effort: EOF either way; a later write, flush or
@@ -899,6 +933,83 @@ mod tests {
         let mut rest = Vec::new();
         wire.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "{rest:?}");
+    }
+
+    #[tokio::test]
+    async fn close_codes_are_checked_as_rfc_6455_says() {
+        // (code, reason bytes, the code answered)
+        let cases: &[(u16, &[u8], u16)] = &[
+            (1000, b"done", 1000),
+            (3000, b"", 3000),
+            (4999, b"app", 4999),
+            (1012, b"", 1012),
+            (999, b"", CLOSE_PROTOCOL_ERROR),
+            (1004, b"", CLOSE_PROTOCOL_ERROR),
+            (1005, b"", CLOSE_PROTOCOL_ERROR),
+            (1006, b"", CLOSE_PROTOCOL_ERROR),
+            (1015, b"", CLOSE_PROTOCOL_ERROR),
+            (2000, b"", CLOSE_PROTOCOL_ERROR),
+            (5000, b"", CLOSE_PROTOCOL_ERROR),
+            (1000, b"\xff\xfe", CLOSE_INVALID_PAYLOAD),
+        ];
+        for &(code, reason, answer) in cases {
+            let (a, mut wire) = tokio::io::duplex(1 << 16);
+            let mut server = WebSocketStream::new(a, Role::Server, None);
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            wire.write_all(&masked_frame(FIN | OP_CLOSE, &payload))
+                .await
+                .unwrap();
+            let read = server.read(&mut [0u8; 16]).await;
+            if answer == code {
+                assert_eq!(read.unwrap(), 0, "{code}: a valid Close ends the stream");
+            } else {
+                assert_eq!(
+                    read.unwrap_err().kind(),
+                    io::ErrorKind::InvalidData,
+                    "{code}"
+                );
+            }
+            server.flush().await.unwrap();
+            assert_eq!(
+                read_frame(&mut wire).await,
+                (FIN | OP_CLOSE, false, answer.to_be_bytes().to_vec()),
+                "{code} {reason:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queued_close_goes_out_once_and_nothing_after_it() {
+        let (a, mut wire) = tokio::io::duplex(1 << 16);
+        let mut server = WebSocketStream::new(a, Role::Server, None);
+        server.write_all(b"tail").await.unwrap();
+        server.queue_close(CLOSE_INTERNAL_ERROR);
+        server.queue_close(CLOSE_NORMAL);
+        server.flush().await.unwrap();
+        assert_eq!(
+            read_frame(&mut wire).await,
+            (FIN | OP_BINARY, false, b"tail".to_vec())
+        );
+        assert_eq!(
+            read_frame(&mut wire).await,
+            (FIN | OP_CLOSE, false, 1011u16.to_be_bytes().to_vec()),
+            "the first code queued wins"
+        );
+        // A Ping after our Close gets no Pong; the peer's Close ends the stream.
+        wire.write_all(&masked_frame(FIN | OP_PING, b"late"))
+            .await
+            .unwrap();
+        wire.write_all(&masked_frame(FIN | OP_CLOSE, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        drop(server);
+        let mut after = Vec::new();
+        wire.read_to_end(&mut after).await.unwrap();
+        assert!(after.is_empty(), "nothing after our Close: {after:?}");
     }
 
     #[tokio::test]

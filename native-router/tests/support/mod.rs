@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use alpn_router::client;
 use alpn_router::config::CertKey;
-use alpn_router::framing::Framing;
+use alpn_router::framing::{Framing, Subprotocol};
 use alpn_router::tls::client_config;
 use alpn_router::tunnel::Io;
 use integration_tests::tls::{self, ca};
@@ -25,6 +25,29 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream as AsyncTcp;
 
 pub use integration_tests::process::DEADLINE;
+
+/// Every way to reach the router: its direct port (`None`) and each framing.
+pub const FRAMINGS: [Option<Framing>; 5] = [
+    None,
+    Some(Framing::Alpn),
+    Some(Framing::AlpnPing),
+    Some(Framing::WebSocket(Subprotocol::Alpn)),
+    Some(Framing::WebSocket(Subprotocol::AlpnPing)),
+];
+
+/// How a test names a way of reaching the router.
+pub fn name(f: Option<Framing>) -> &'static str {
+    f.map_or("direct", Framing::name)
+}
+
+/// The listener for a way of reaching the router.
+pub fn addr_for(router: &RouterProcess, f: Option<Framing>) -> SocketAddr {
+    if f.is_some() {
+        router.upgrade
+    } else {
+        router.direct
+    }
+}
 
 /// Certificates for a test: the router's, a client's, and a stranger's.
 pub struct Pki {
@@ -133,14 +156,19 @@ pub struct RouterProcess {
 impl RouterProcess {
     /// Writes `toml` as `router.toml` into `dir` and serves it.
     pub fn start(dir: &Path, toml: &str) -> RouterProcess {
+        Self::start_limited(dir, toml, None)
+    }
+
+    /// The same, under `ulimit ULIMIT` (such as `-n 128`) when given.
+    pub fn start_limited(dir: &Path, toml: &str, ulimit: Option<&str>) -> RouterProcess {
         let config = dir.join("router.toml");
         std::fs::write(&config, toml).unwrap();
-        let mut process = Logged::spawn(
-            Command::new(env!("CARGO_BIN_EXE_alpn-router"))
-                .args(["serve", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "debug"),
-        );
+        let mut command = router_command(ulimit);
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "debug");
+        let mut process = Logged::spawn(&mut command);
         let upgrade = process.address_after("upgrade listener on ");
         let direct = process.address_after("direct listener on ");
         let metrics = process.address_after("metrics listener on ");
@@ -185,13 +213,33 @@ impl RouterProcess {
 
     /// A GET on the metrics listener.
     pub fn get(&self, path: &str) -> String {
-        let mut s = TcpStream::connect(self.metrics).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        http_get(self.metrics, path).unwrap()
     }
+}
+
+/// The `alpn-router` binary, run under `ulimit ULIMIT` when given (`-n N`
+/// sets the soft and the hard limit, so the router cannot raise it; `-Sn N`
+/// only the soft one).
+pub fn router_command(ulimit: Option<&str>) -> Command {
+    let bin = env!("CARGO_BIN_EXE_alpn-router");
+    match ulimit {
+        None => Command::new(bin),
+        Some(args) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit {args} && exec \"$0\" \"$@\""), bin]);
+            c
+        }
+    }
+}
+
+/// A GET of `path` from `addr`: the status line and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(DEADLINE))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: r\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 /// A backend on loopback: each connection runs `handler` in its own thread.
