@@ -87,7 +87,12 @@ fn the_walk_crosses_each_trusted_proxy_and_stops_at_the_first_other_address() {
     // CDN (192.0.2.0/24) -> ALB (10.0.0.0/24) -> Envoy, trusted_hops 2.
     let both = nets(&["10.0.0.0/24", "192.0.2.0/24"]);
     assert_eq!(
-        derive(["6.6.6.6, 203.0.113.7, 192.0.2.9"], ip("10.0.0.1"), 2, &both),
+        derive(
+            ["6.6.6.6, 203.0.113.7, 192.0.2.9"],
+            ip("10.0.0.1"),
+            2,
+            &both
+        ),
         ip("203.0.113.7")
     );
     // Someone bypassing the CDN and reaching the ALB directly, with a forged
@@ -98,11 +103,21 @@ fn the_walk_crosses_each_trusted_proxy_and_stops_at_the_first_other_address() {
     );
     // trusted_hops bounds the walk even when every entry is a trusted proxy.
     assert_eq!(
-        derive(["192.0.2.1, 192.0.2.2, 192.0.2.3"], ip("10.0.0.1"), 2, &both),
+        derive(
+            ["192.0.2.1, 192.0.2.2, 192.0.2.3"],
+            ip("10.0.0.1"),
+            2,
+            &both
+        ),
         ip("192.0.2.2")
     );
     assert_eq!(
-        derive(["6.6.6.6, 203.0.113.7, 192.0.2.9"], ip("10.0.0.1"), 1, &both),
+        derive(
+            ["6.6.6.6, 203.0.113.7, 192.0.2.9"],
+            ip("10.0.0.1"),
+            1,
+            &both
+        ),
         ip("192.0.2.9")
     );
 }
@@ -158,11 +173,21 @@ fn ipv6_and_ipv4_mapped_peers_and_blocks() {
     );
     // ... and a block written in mapped form matches the IPv4 peer.
     assert_eq!(
-        derive(["203.0.113.7"], ip("10.0.0.1"), 1, &nets(&["::ffff:10.0.0.0/120"])),
+        derive(
+            ["203.0.113.7"],
+            ip("10.0.0.1"),
+            1,
+            &nets(&["::ffff:10.0.0.0/120"])
+        ),
         ip("203.0.113.7")
     );
     assert_eq!(
-        derive(["203.0.113.7"], ip("10.0.1.1"), 1, &nets(&["::ffff:10.0.0.0/120"])),
+        derive(
+            ["203.0.113.7"],
+            ip("10.0.1.1"),
+            1,
+            &nets(&["::ffff:10.0.0.0/120"])
+        ),
         ip("10.0.1.1")
     );
     // A mapped entry in X-Forwarded-For is the IPv4 client.

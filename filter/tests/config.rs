@@ -135,6 +135,9 @@ fn trusted_proxies_are_blocks_or_single_addresses() {
     .unwrap();
     let shown: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
     // A bare address is that one host; a mapped block is the IPv4 block.
-    assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32", "::1/128", "172.16.0.0/12"]);
+    assert_eq!(
+        shown,
+        ["10.0.0.0/8", "127.0.0.1/32", "::1/128", "172.16.0.0/12"]
+    );
     assert_eq!(Config::default().trusted_proxies, []);
 }

@@ -95,13 +95,12 @@ fn generated_requests_never_panic_and_get_a_documented_answer() {
                 "bogus",
                 "[::ffff:1.2.3.4]:9",
             ]));
-            let client =
-                client_addr::derive(
-                    req.values("x-forwarded-for"),
-                    peer,
-                    config.trusted_hops,
-                    &config.trusted_proxies,
-                );
+            let client = client_addr::derive(
+                req.values("x-forwarded-for"),
+                peer,
+                config.trusted_hops,
+                &config.trusted_proxies,
+            );
             match decide(&req, &config, client, &mut store, i * 10) {
                 Verdict::Pass | Verdict::Approve(_) => {}
                 Verdict::Refuse(r) => {
