@@ -1,7 +1,8 @@
 //! The whole server side: Envoy (the shipped `behind-l7.yaml` with the filter)
 //! in front of the real router. An upgrade through Envoy, the inner TLS handshake
 //! with ALPN, an echo, and the client address Envoy derived from
-//! X-Forwarded-For arriving at the backend in the PROXY v2 header.
+//! X-Forwarded-For arriving at the backend in the PROXY v2 header: believed from
+//! the load balancer's address (`trusted_proxies`), never from anyone else.
 
 mod support;
 
