@@ -14,7 +14,8 @@ use integration_tests::payload;
 use integration_tests::stubs::{self, Stub};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const SHIPPED_FILTER_CONFIG: &str = r#"{"trusted_hops": 1}"#;
+const SHIPPED_FILTER_CONFIG: &str =
+    r#"{"trusted_hops": 1, "trusted_proxies": ["127.0.0.1/32", "::1/128"]}"#;
 
 struct Setup {
     envoy: Envoy,
@@ -223,7 +224,8 @@ fn every_refusal_answers_with_its_status_and_reason() {
 #[test]
 fn policy_refusals_use_the_client_address_behind_the_load_balancer() {
     let s = setup(concat!(
-        r#"{"trusted_hops": 1, "allowed_types": ["alpn", "alpn-ping"], "allowed_sources": ["203.0.113.0/24"], "#,
+        r#"{"trusted_hops": 1, "trusted_proxies": ["127.0.0.1"], "allowed_types": ["alpn", "alpn-ping"], "#,
+        r#""allowed_sources": ["203.0.113.0/24"], "#,
         r#""rate_limit": {"upgrades": 2, "per_seconds": 3600}}"#
     ));
     let upgrade = |xff: &str| {
@@ -565,6 +567,8 @@ fn only_requests_that_can_concern_the_filter_enter_the_wasm_vm() {
 fn a_bad_plugin_configuration_makes_envoy_refuse_it_naming_the_key() {
     for (config, key) in [
         (r#"{"trusted_hops": 1, "bogus_key": 2}"#, "bogus_key"),
+        // Believing X-Forwarded-For from anyone is not a configuration Envoy runs.
+        (r#"{"trusted_hops": 1}"#, "\"trusted_proxies\": required"),
         (
             r#"{"allowed_sources": ["10.0.0.0/33"]}"#,
             "\"allowed_sources\"[0]",

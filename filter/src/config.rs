@@ -3,8 +3,9 @@
 //! the defaults, which are the names of PROTOCOL.md.
 
 use std::fmt;
+use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
 /// The upgrade type framed as RFC 6455 WebSocket; every other type is an ALPN
@@ -21,6 +22,7 @@ struct RawConfig {
     duplicate_upgrade_header: Option<String>,
     client_addr_header: Option<String>,
     trusted_hops: Option<u32>,
+    trusted_proxies: Option<Vec<String>>,
     allowed_sources: Option<Vec<String>>,
     rate_limit: Option<RawRateLimit>,
 }
@@ -46,9 +48,15 @@ pub struct Config {
     pub duplicate_upgrade_header: String,
     /// Header through which the client address reaches the router.
     pub client_addr_header: String,
-    /// Proxies in front of Envoy that append to `X-Forwarded-For` and are trusted
-    /// (1 behind an ALB); 0 means the client is Envoy's TCP peer.
+    /// At most this many `X-Forwarded-For` entries are believed, one per trusted
+    /// proxy in front of Envoy (1 behind an ALB); 0 means the client is Envoy's
+    /// TCP peer.
     pub trusted_hops: u32,
+    /// The proxies (load balancers) whose `X-Forwarded-For` entry is believed,
+    /// like nginx's `set_real_ip_from`: a peer outside them is the client itself,
+    /// so a client that bypasses the load balancer cannot choose its address.
+    /// Never empty when `trusted_hops` is above 0.
+    pub trusted_proxies: Vec<IpNet>,
     /// When set, only clients inside these networks may upgrade (else 403).
     pub allowed_sources: Option<Vec<IpNet>>,
     /// When set, a per-client limit on upgrades (else 429).
@@ -87,6 +95,7 @@ impl Default for Config {
             duplicate_upgrade_header: "x-alpn-upgrade".into(),
             client_addr_header: "x-alpn-client-addr".into(),
             trusted_hops: 0,
+            trusted_proxies: Vec::new(),
             allowed_sources: None,
             rate_limit: None,
         }
@@ -138,20 +147,29 @@ impl Config {
             raw.client_addr_header,
             d.client_addr_header,
         )?;
+        let trusted_hops = raw.trusted_hops.unwrap_or(d.trusted_hops);
+        let trusted_proxies = match raw.trusted_proxies {
+            None if trusted_hops > 0 => {
+                return Err(ConfigError(format!(
+                    "key \"trusted_proxies\": required when trusted_hops is {trusted_hops}: list the \
+                     load balancers whose X-Forwarded-For is believed (CIDR blocks or addresses, \
+                     e.g. [\"10.0.0.0/16\"]); without it anyone reaching Envoy could choose its address"
+                )))
+            }
+            None => d.trusted_proxies,
+            Some(_) if trusted_hops == 0 => {
+                return Err(ConfigError(
+                    "key \"trusted_proxies\": has no effect with trusted_hops 0 (X-Forwarded-For is \
+                     never read): set trusted_hops to the number of proxies that append to it, or \
+                     remove trusted_proxies"
+                        .into(),
+                ))
+            }
+            Some(list) => net_list("trusted_proxies", &list)?,
+        };
         let allowed_sources = match raw.allowed_sources {
             None => None,
-            Some(list) => {
-                non_empty("allowed_sources", &list)?;
-                let mut nets = Vec::with_capacity(list.len());
-                for (i, s) in list.iter().enumerate() {
-                    nets.push(parse_net(s).ok_or_else(|| {
-                        ConfigError(format!(
-                            "key \"allowed_sources\"[{i}]: {s:?} is not an IP address or CIDR block"
-                        ))
-                    })?);
-                }
-                Some(nets)
-            }
+            Some(list) => Some(net_list("allowed_sources", &list)?),
         };
         let rate_limit = match raw.rate_limit {
             None => None,
@@ -185,7 +203,8 @@ impl Config {
             websocket_subprotocols,
             duplicate_upgrade_header,
             client_addr_header,
-            trusted_hops: raw.trusted_hops.unwrap_or(d.trusted_hops),
+            trusted_hops,
+            trusted_proxies,
             allowed_sources,
             rate_limit,
         })
@@ -253,9 +272,34 @@ fn header_name(key: &str, value: Option<String>, default: String) -> Result<Stri
     }
 }
 
-/// A CIDR block, or a bare address meaning that one host.
+/// A non-empty list of CIDR blocks or addresses (`allowed_sources`, `trusted_proxies`).
+fn net_list(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    non_empty(key, list)?;
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            parse_net(s).ok_or_else(|| {
+                ConfigError(format!(
+                    "key {key:?}[{i}]: {s:?} is not an IP address or CIDR block"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A CIDR block, or a bare address meaning that one host. An IPv4-mapped IPv6
+/// block (`::ffff:10.0.0.0/104`) becomes the IPv4 block, because addresses are
+/// compared in their canonical form (see [`crate::client_addr::parse_addr`]).
 fn parse_net(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
+    let net = s
+        .parse::<IpNet>()
         .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))?;
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).ok().map(IpNet::V4),
+            None => Some(net),
+        },
+        _ => Some(net),
+    }
 }

@@ -100,10 +100,11 @@ impl RootContext for UpgradeRoot {
         match Config::parse(&bytes) {
             Ok(config) => {
                 info!(
-                    "configured: upgrade paths {:?}, types {:?}, trusted hops {}, source allow-list {}, rate limit {}",
+                    "configured: upgrade paths {:?}, types {:?}, trusted hops {} through proxies {:?}, source allow-list {}, rate limit {}",
                     config.upgrade_paths,
                     config.allowed_types,
                     config.trusted_hops,
+                    config.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     if config.allowed_sources.is_some() { "on" } else { "off" },
                     match &config.rate_limit {
                         Some(r) => format!("{} per {} s", r.upgrades, r.per_seconds),
@@ -183,7 +184,12 @@ impl HttpContext for UpgradeHttp {
             .ok()
             .flatten()
             .and_then(|b| client_addr::parse_addr(&String::from_utf8_lossy(&b)));
-        let client = client_addr::derive(req.values("x-forwarded-for"), peer, config.trusted_hops);
+        let client = client_addr::derive(
+            req.values("x-forwarded-for"),
+            peer,
+            config.trusted_hops,
+            &config.trusted_proxies,
+        );
         let now_ms = self
             .get_current_time()
             .duration_since(UNIX_EPOCH)

@@ -518,13 +518,20 @@ fn a_spoofed_client_address_does_not_decide_the_client() {
         headers: &headers,
     };
     let peer = Some(PEER.parse().unwrap());
+    let lb = [ipnet::IpNet::from(PEER.parse::<IpAddr>().unwrap())];
     assert_eq!(
-        client_addr::derive(req.values("x-forwarded-for"), peer, 1),
+        client_addr::derive(req.values("x-forwarded-for"), peer, 1, &lb),
         Some("203.0.113.9".parse().unwrap())
     );
     assert_eq!(
-        client_addr::derive(req.values("x-forwarded-for"), peer, 0),
+        client_addr::derive(req.values("x-forwarded-for"), peer, 0, &[]),
         peer
+    );
+    // Nor from a peer that is not the load balancer.
+    let stranger = Some("198.51.100.77".parse().unwrap());
+    assert_eq!(
+        client_addr::derive(req.values("x-forwarded-for"), stranger, 1, &lb),
+        stranger
     );
 }
 

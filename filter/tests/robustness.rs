@@ -57,7 +57,7 @@ const VALUES: &[&str] = &[
 ];
 const CONFIGS: &[&str] = &[
     "",
-    r#"{"trusted_hops": 3, "allowed_sources": ["0.0.0.0/0", "::/0"]}"#,
+    r#"{"trusted_hops": 3, "trusted_proxies": ["10.0.0.0/8", "::1"], "allowed_sources": ["0.0.0.0/0", "::/0"]}"#,
     r#"{"allowed_sources": ["10.0.0.0/8"], "rate_limit": {"upgrades": 1, "per_seconds": 1, "slots": 1}}"#,
     r#"{"upgrade_paths": ["/", "/connectionupgrade"], "allowed_types": ["websocket"], "websocket_subprotocols": ["x"]}"#,
 ];
@@ -95,8 +95,12 @@ fn generated_requests_never_panic_and_get_a_documented_answer() {
                 "bogus",
                 "[::ffff:1.2.3.4]:9",
             ]));
-            let client =
-                client_addr::derive(req.values("x-forwarded-for"), peer, config.trusted_hops);
+            let client = client_addr::derive(
+                req.values("x-forwarded-for"),
+                peer,
+                config.trusted_hops,
+                &config.trusted_proxies,
+            );
             match decide(&req, &config, client, &mut store, i * 10) {
                 Verdict::Pass | Verdict::Approve(_) => {}
                 Verdict::Refuse(r) => {

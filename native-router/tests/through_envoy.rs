@@ -1,10 +1,12 @@
 //! The whole server side: Envoy (the shipped `behind-l7.yaml` with the filter)
 //! in front of the real router. An upgrade through Envoy, the inner TLS handshake
 //! with ALPN, an echo, and the client address Envoy derived from
-//! X-Forwarded-For arriving at the backend in the PROXY v2 header.
+//! X-Forwarded-For arriving at the backend in the PROXY v2 header: believed from
+//! the load balancer's address (`trusted_proxies`), never from anyone else.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use alpn_router::client;
@@ -14,7 +16,50 @@ use alpn_router::tls::client_config;
 use integration_tests::envoy::{Bootstrap, Envoy};
 use support::{backend, config, proxy_then_echo, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
+
+/// Upgrades `tcp` (connected to Envoy) with `X-Forwarded-For: xff`, runs the
+/// inner TLS handshake for ALPN `postgresql` and checks an echo.
+async fn tunnel_and_echo(mut tcp: TcpStream, framing: Framing, xff: &str, pki: &Pki) {
+    let (request, key) =
+        alpn_router::upgrade::client_request(framing, "tunnel.example", "/connectionupgrade");
+    let request = request.replace("\r\n\r\n", &format!("\r\nX-Forwarded-For: {xff}\r\n\r\n"));
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let leftover = alpn_router::upgrade::read_answer(&mut tcp, framing, key.as_deref())
+        .await
+        .unwrap();
+    let framed = alpn_router::framing::Framed::new(
+        framing,
+        alpn_router::framing::Role::Client,
+        tcp,
+        leftover,
+        Duration::from_secs(30),
+    );
+    let tls_config =
+        client_config(std::slice::from_ref(&pki.server_ca), &["postgresql"], None).unwrap();
+    let mut tls = client::inner_tls(framed, tls_config, "router.test")
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
+    let sent: Vec<u8> = (0..256 * 1024u32).map(|n| (n % 251) as u8).collect();
+    tls.write_all(&sent).await.unwrap();
+    let mut back = vec![0u8; sent.len()];
+    timeout(DEADLINE, tls.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(back == sent, "{}: the echo differs", framing.name());
+}
+
+/// A TCP connection to `to` from the local address `from`.
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .unwrap_or_else(|e| panic!("bind {from:?}: {e}"));
+    socket.connect(to).await.unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_through_envoy_then_inner_tls_then_echo() {
@@ -42,39 +87,9 @@ async fn upgrade_through_envoy_then_inner_tls_then_echo() {
     .into_iter()
     .enumerate()
     {
-        let mut tcp = tokio::net::TcpStream::connect(front).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(front).await.unwrap();
         // What the load balancer adds: the client's address, last in X-Forwarded-For.
-        let (request, key) =
-            alpn_router::upgrade::client_request(framing, "tunnel.example", "/connectionupgrade");
-        let request = request.replace(
-            "\r\n\r\n",
-            &format!("\r\nX-Forwarded-For: 6.6.6.6, 198.51.100.{i}\r\n\r\n"),
-        );
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let leftover = alpn_router::upgrade::read_answer(&mut tcp, framing, key.as_deref())
-            .await
-            .unwrap();
-        let framed = alpn_router::framing::Framed::new(
-            framing,
-            alpn_router::framing::Role::Client,
-            tcp,
-            leftover,
-            Duration::from_secs(30),
-        );
-        let tls_config =
-            client_config(std::slice::from_ref(&pki.server_ca), &["postgresql"], None).unwrap();
-        let mut tls = client::inner_tls(framed, tls_config, "router.test")
-            .await
-            .unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
-        let sent: Vec<u8> = (0..256 * 1024u32).map(|n| (n % 251) as u8).collect();
-        tls.write_all(&sent).await.unwrap();
-        let mut back = vec![0u8; sent.len()];
-        timeout(DEADLINE, tls.read_exact(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(back == sent, "{}: the echo differs", framing.name());
+        tunnel_and_echo(tcp, framing, &format!("6.6.6.6, 198.51.100.{i}"), &pki).await;
     }
     let seen = db.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3);
@@ -93,4 +108,48 @@ async fn upgrade_through_envoy_then_inner_tls_then_echo() {
             .counter("wasmcustom.alpn_upgrade.approved.websocket")
             .unwrap();
     assert_eq!(counted, 2);
+}
+
+/// Issue 10: with the shipped `behind-l7.yaml`, a client that reaches Envoy
+/// without the load balancer (from 127.0.0.2, not in `trusted_proxies`) is its
+/// own client whatever `X-Forwarded-For` it sends; through the load balancer's
+/// address (127.0.0.1, trusted) the entry the balancer appended still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_bypassing_the_load_balancer_cannot_choose_its_address() {
+    let pki = Pki::new();
+    let db = backend(proxy_then_echo);
+    let router = RouterProcess::start(
+        pki.dir.path(),
+        &config(&format!(
+            "[[route]]\nalpn = \"postgresql\"\nbackend = \"{}\"\nproxy_protocol = true\n",
+            db.addr
+        )),
+    );
+    let envoy = Envoy::start(
+        &Bootstrap::shipped("behind-l7.yaml")
+            .port(8080, 0)
+            .port(9001, router.upgrade.port())
+            .port(8081, 1),
+    );
+    let front = envoy.listener("web");
+    let direct = connect_from([127, 0, 0, 2], front).await;
+    tunnel_and_echo(direct, Framing::Alpn, "7.7.7.7", &pki).await;
+    let through_lb = connect_from([127, 0, 0, 1], front).await;
+    tunnel_and_echo(through_lb, Framing::Alpn, "7.7.7.7", &pki).await;
+
+    let seen: Vec<String> = db
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|header| {
+            let (src, _, _) = proxy_protocol::parse(header).expect("PROXY v2");
+            src.ip().to_string()
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        ["127.0.0.2", "7.7.7.7"],
+        "the direct client's own address, then the address the trusted balancer appended"
+    );
 }
