@@ -205,11 +205,8 @@ fn slow_loris(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 async fn the_metrics_listener_cannot_starve_the_data_path() {
     let pki = Pki::new();
     let echo_backend = backend(echo);
+    // The metrics listener's defaults: 16 requests at once, 5 s for each.
     let toml = config(&routes(echo_backend.addr))
-        .replace(
-            "[metrics]\nlisten = \"127.0.0.1:0\"\n",
-            "[metrics]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"2s\"\n",
-        )
         .replace("[limits]\n", "[limits]\nmax_connections = 20\n");
     // 128 descriptors: 300 scrape connections would take them all.
     let router = RouterProcess::start_limited(pki.dir.path(), &toml, Some("-n 128"));

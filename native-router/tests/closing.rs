@@ -109,8 +109,11 @@ async fn a_slow_reader_of_a_pinged_websocket_tunnel_gets_every_byte() {
     let pki = Pki::new();
     let data = payload(4 << 20, 11);
     let backend = sending_backend(data.clone(), Then::Close).await;
-    let toml =
-        config(&route_to(backend)).replace("ping_interval = \"30s\"", "ping_interval = \"200ms\"");
+    // The router waits for the client's Close up to close_timeout: longer
+    // than this reader takes.
+    let toml = config(&route_to(backend))
+        .replace("ping_interval = \"30s\"", "ping_interval = \"200ms\"")
+        .replace("[limits]\n", "[limits]\nclose_timeout = \"90s\"\n");
     let router = RouterProcess::start(pki.dir.path(), &toml);
     // Through nginx, whose buffers hold what the slow reader has not read yet.
     let nginx = LoadBalancer::start(Kind::Nginx, router.upgrade, Duration::from_secs(60));
