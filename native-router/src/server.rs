@@ -381,7 +381,8 @@ fn turn_away(router: &Arc<Router>, kind: Kind, socket: TcpStream, peer: SocketAd
         return;
     };
     tokio::spawn(async move {
-        let mut socket = tunnel::Lingering::new(socket, None);
+        // The slot is held until the lingering close is over.
+        let mut socket = tunnel::Lingering::new(socket, Some(slot));
         let retry = [("Retry-After", "1")];
         let headers: &[(&str, &str)] = match why {
             Refusal::CapFull => &retry,
@@ -392,8 +393,6 @@ fn turn_away(router: &Arc<Router>, kind: Kind, socket: TcpStream, peer: SocketAd
             upgrade::refuse::<_, ()>(&mut socket, status, &reason, headers),
         )
         .await;
-        drop(socket);
-        drop(slot);
     });
 }
 
