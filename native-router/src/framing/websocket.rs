@@ -156,7 +156,7 @@ impl<S> WebSocketStream<S> {
             pong: None,
             ping_pending: false,
             close: CloseState::Open,
-            pinger: Pinger::new(ping_interval),
+            pinger: Pinger::for_role(role, ping_interval),
         }
     }
 
@@ -554,6 +554,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         this.write_remaining -= n;
+        this.pinger.sent();
         Poll::Ready(Ok(n))
     }
 
