@@ -393,6 +393,7 @@ pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::time::timeout;
 
     /// Reads one frame's first two bytes and skips the rest of it (a client's
     /// frames carry a mask key); returns the first byte and the payload length.
@@ -429,16 +430,20 @@ mod tests {
             );
             let reader = reading(framed);
             tokio::time::sleep(Duration::from_secs(31)).await;
+            // A deadline of its own: without a ping nothing would ever arrive.
+            let no_ping = format!("{framing:?}: no ping after 31 s of quiet");
             if framing == Framing::AlpnPing {
                 let mut ping = [0xffu8; 4];
-                wire.read_exact(&mut ping).await.unwrap();
+                timeout(Duration::from_secs(1), wire.read_exact(&mut ping))
+                    .await
+                    .expect(&no_ping)
+                    .unwrap();
                 assert_eq!(ping, [0; 4], "an empty alpn-ping frame");
             } else {
-                assert_eq!(
-                    websocket_frame(&mut wire).await,
-                    (0x89, 0),
-                    "{framing:?}: a Ping"
-                );
+                let frame = timeout(Duration::from_secs(1), websocket_frame(&mut wire))
+                    .await
+                    .expect(&no_ping);
+                assert_eq!(frame, (0x89, 0), "{framing:?}: a Ping");
             }
             reader.abort();
         }
@@ -466,14 +471,12 @@ mod tests {
                 for _ in 0..5 {
                     framed.write_all(b"x").await.unwrap();
                     framed.flush().await.unwrap();
-                    let quiet =
-                        tokio::time::timeout(Duration::from_secs(20), framed.read(&mut sink));
+                    let quiet = timeout(Duration::from_secs(20), framed.read(&mut sink));
                     assert!(quiet.await.is_err(), "nothing to read");
                 }
                 if framing == Framing::Alpn {
                     // Raw alpn cannot ping, however long it is quiet.
-                    let quiet =
-                        tokio::time::timeout(Duration::from_secs(100), framed.read(&mut sink));
+                    let quiet = timeout(Duration::from_secs(100), framed.read(&mut sink));
                     assert!(quiet.await.is_err(), "nothing to read");
                 }
             });
@@ -519,6 +522,33 @@ mod tests {
             wire.read_to_end(&mut wire_bytes).await.unwrap();
             let expected: &[u8] = if pings { &[0x89, 0] } else { &[] };
             assert_eq!(wire_bytes, expected, "{framing:?} every {interval} s");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_other_than_1000_or_1001_is_an_error_for_the_reader() {
+        for (code, clean) in [(1000u16, true), (1001, true), (1011, false)] {
+            let (a, mut wire) = tokio::io::duplex(1 << 16);
+            let mut framed = Framed::new(
+                Framing::WebSocket(Subprotocol::Alpn),
+                Role::Client,
+                a,
+                Vec::new(),
+                Duration::ZERO,
+            );
+            let [hi, lo] = code.to_be_bytes();
+            wire.write_all(&[0x88, 2, hi, lo]).await.unwrap();
+            let read = framed.read(&mut [0u8; 16]).await;
+            if clean {
+                assert_eq!(read.unwrap(), 0, "{code} is a clean end");
+            } else {
+                let e = read.unwrap_err();
+                assert!(
+                    e.to_string()
+                        .contains("the server closed the tunnel with WebSocket code 1011"),
+                    "{e}"
+                );
+            }
         }
     }
 }

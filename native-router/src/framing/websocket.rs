@@ -483,15 +483,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                                 )));
                             }
                             this.read_state = ReadState::Closed;
+                            let code =
+                                (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                            let abnormal = code
+                                .filter(|c| !matches!(c, 1000 | 1001))
+                                .map(|c| closed_abnormally(this.role, c, &payload[2..]));
                             if this.close == CloseState::Open {
-                                let code = (len >= 2)
-                                    .then(|| u16::from_be_bytes([payload[0], payload[1]]));
                                 this.close = CloseState::Queued(code);
                             }
                             // Best effort: EOF either way; a later write, flush or
                             // shutdown finishes sending the reply.
                             let _ = this.poll_control_flushed(cx);
-                            return Poll::Ready(Ok(()));
+                            // A Close other than 1000/1001 is not a clean end.
+                            return Poll::Ready(abnormal.map_or(Ok(()), Err));
                         }
                         _ => {} // Pong: nothing to do.
                     }
@@ -582,6 +586,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
         this.control_unflushed = false;
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
+}
+
+/// The read error for a peer's Close with `code` (not 1000 or 1001): the
+/// tunnel did not end cleanly, and the reader must hear it.
+fn closed_abnormally(role: Role, code: u16, reason: &[u8]) -> io::Error {
+    let peer = match role {
+        Role::Client => "server",
+        Role::Server => "client",
+    };
+    let reason = String::from_utf8_lossy(reason);
+    let reason = match reason.trim() {
+        "" => String::new(),
+        r => format!(": {r}"),
+    };
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        format!("the {peer} closed the tunnel with WebSocket code {code}{reason}"),
+    )
 }
 
 /// Writes a frame header for `len` payload bytes into `dst` with the shortest
