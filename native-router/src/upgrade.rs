@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use alpn_upgrade_filter::config::Config as Rules;
 use alpn_upgrade_filter::decision::{decide, Refusal, Verdict};
@@ -286,23 +287,40 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// The WebSocket subprotocols a client asks for `framing`, in order of
+/// preference: `websocket` offers `alpn-ping` before `alpn` (a pinged tunnel
+/// survives idle timeouts; the server picks the first it allows),
+/// `websocket-ping` offers only `alpn-ping`. Empty for the other framings.
+pub fn offered_subprotocols(framing: Framing) -> &'static [Subprotocol] {
+    match framing {
+        Framing::WebSocket(Subprotocol::Alpn) => &[Subprotocol::AlpnPing, Subprotocol::Alpn],
+        Framing::WebSocket(Subprotocol::AlpnPing) => &[Subprotocol::AlpnPing],
+        Framing::Alpn | Framing::AlpnPing => &[],
+    }
+}
+
 /// The client's side: the request for `framing` to `host` on `path`, and the
-/// WebSocket key it carries (to check the answer with).
+/// WebSocket key it carries (to check the answer with). A WebSocket request
+/// offers [`offered_subprotocols`].
 pub fn client_request(framing: Framing, host: &str, path: &str) -> (String, Option<String>) {
     let token = framing.upgrade_token();
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {token}\r\nX-Alpn-Upgrade: {token}\r\n"
     );
     let mut key = None;
-    if let Framing::WebSocket(sub) = framing {
+    if let Framing::WebSocket(_) = framing {
         let mut raw = [0u8; 16];
         // A predictable key only weakens a cache-poisoning defence meant for
         // browsers; still, use the system's randomness when it is there.
         let _ = getrandom::fill(&mut raw);
         let k = base64::engine::general_purpose::STANDARD.encode(raw);
+        let offered: Vec<&str> = offered_subprotocols(framing)
+            .iter()
+            .map(|s| s.token())
+            .collect();
         req.push_str(&format!(
             "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Protocol: {}\r\n",
-            sub.token()
+            offered.join(", ")
         ));
         key = Some(k);
     }
@@ -332,12 +350,36 @@ pub enum AnswerError {
     Io(#[from] io::Error),
 }
 
+/// How long a refusal's body may take to arrive after its head: a server whose
+/// `Content-Length` promises more than it sends must not hide its status.
+pub const REFUSAL_BODY_WAIT: Duration = Duration::from_secs(1);
+
+/// A 101 that matches the request.
+#[derive(Debug)]
+pub struct Switched {
+    /// The framing in use: for WebSocket, with the subprotocol the server chose.
+    pub framing: Framing,
+    /// Bytes after the head: the start of the framed stream.
+    pub leftover: Vec<u8>,
+}
+
 /// Reads the answer to `client_request`; on a 101, returns the bytes after the head.
 pub async fn read_answer<S: AsyncRead + Unpin>(
     stream: &mut S,
     framing: Framing,
     key: Option<&str>,
 ) -> Result<Vec<u8>, AnswerError> {
+    read_switch(stream, framing, key).await.map(|s| s.leftover)
+}
+
+/// Reads the answer to `client_request`; on a 101, returns the framing in use
+/// (a WebSocket server may choose any subprotocol offered) and the bytes after
+/// the head. A refusal's body is awaited for at most [`REFUSAL_BODY_WAIT`].
+pub async fn read_switch<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    framing: Framing,
+    key: Option<&str>,
+) -> Result<Switched, AnswerError> {
     let mut buf = Vec::with_capacity(512);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -360,13 +402,17 @@ pub async fn read_answer<S: AsyncRead + Unpin>(
                         .unwrap_or(0)
                         .min(4096);
                     let mut body = buf[n..].to_vec();
-                    while body.len() < len {
-                        let mut chunk = [0u8; 1024];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => body.extend_from_slice(&chunk[..k]),
+                    // What arrives of the body in time; the status stands either way.
+                    let _ = tokio::time::timeout(REFUSAL_BODY_WAIT, async {
+                        while body.len() < len {
+                            let mut chunk = [0u8; 1024];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => body.extend_from_slice(&chunk[..k]),
+                            }
                         }
-                    }
+                    })
+                    .await;
                     let text = String::from_utf8_lossy(&body[..body.len().min(len)])
                         .lines()
                         .next()
@@ -386,19 +432,34 @@ pub async fn read_answer<S: AsyncRead + Unpin>(
                         framing.upgrade_token()
                     )));
                 }
-                if let (Framing::WebSocket(sub), Some(key)) = (framing, key) {
-                    if find("sec-websocket-accept").as_deref() != Some(accept_key(key).as_str()) {
-                        return Err(AnswerError::BadSwitch("wrong Sec-WebSocket-Accept".into()));
+                let mut in_use = framing;
+                if let Framing::WebSocket(_) = framing {
+                    if let Some(key) = key {
+                        if find("sec-websocket-accept").as_deref() != Some(accept_key(key).as_str())
+                        {
+                            return Err(AnswerError::BadSwitch(
+                                "wrong Sec-WebSocket-Accept".into(),
+                            ));
+                        }
                     }
+                    let offered = offered_subprotocols(framing);
                     let chosen = find("sec-websocket-protocol").unwrap_or_default();
-                    if !chosen.eq_ignore_ascii_case(sub.token()) {
+                    let Some(sub) = offered
+                        .iter()
+                        .find(|s| s.token().eq_ignore_ascii_case(&chosen))
+                    else {
+                        let tokens: Vec<&str> = offered.iter().map(|s| s.token()).collect();
                         return Err(AnswerError::BadSwitch(format!(
-                            "subprotocol {chosen:?} instead of {}",
-                            sub.token()
+                            "subprotocol {chosen:?}, not one offered ({})",
+                            tokens.join(", ")
                         )));
-                    }
+                    };
+                    in_use = Framing::WebSocket(*sub);
                 }
-                return Ok(buf[n..].to_vec());
+                return Ok(Switched {
+                    framing: in_use,
+                    leftover: buf[n..].to_vec(),
+                });
             }
             httparse::Status::Partial if buf.len() >= MAX_HEAD => {
                 return Err(AnswerError::Malformed(format!(
@@ -443,27 +504,110 @@ mod tests {
 
     #[tokio::test]
     async fn each_framing_is_accepted_and_the_client_agrees() {
-        for framing in [
-            Framing::Alpn,
-            Framing::AlpnPing,
-            Framing::WebSocket(Subprotocol::AlpnPing),
+        for (asked, in_use) in [
+            (Framing::Alpn, Framing::Alpn),
+            (Framing::AlpnPing, Framing::AlpnPing),
+            // `websocket` offers alpn-ping first, and the router takes it.
+            (
+                Framing::WebSocket(Subprotocol::Alpn),
+                Framing::WebSocket(Subprotocol::AlpnPing),
+            ),
+            (
+                Framing::WebSocket(Subprotocol::AlpnPing),
+                Framing::WebSocket(Subprotocol::AlpnPing),
+            ),
         ] {
-            let (req, key) = client_request(framing, "router.test", "/connectionupgrade");
+            let (req, key) = client_request(asked, "router.test", "/connectionupgrade");
             let mut bytes = req.into_bytes();
             bytes.extend_from_slice(b"\x16\x03\x01early");
             let (result, answer) = exchange(&bytes).await;
             let accepted = result.unwrap();
-            assert_eq!(accepted.framing, framing);
+            assert_eq!(accepted.framing, in_use);
             assert_eq!(
                 accepted.leftover, b"\x16\x03\x01early",
                 "bytes after the head belong to the tunnel"
             );
             let mut reader = answer.as_bytes();
-            assert!(read_answer(&mut reader, framing, key.as_deref())
+            let switched = read_switch(&mut reader, asked, key.as_deref())
                 .await
-                .unwrap()
-                .is_empty());
+                .unwrap();
+            assert_eq!(switched.framing, in_use, "the client names what is in use");
+            assert!(switched.leftover.is_empty());
         }
+    }
+
+    #[test]
+    fn websocket_offers_alpn_ping_first() {
+        for (framing, offered) in [
+            (
+                Framing::WebSocket(Subprotocol::Alpn),
+                "Sec-WebSocket-Protocol: alpn-ping, alpn\r\n",
+            ),
+            (
+                Framing::WebSocket(Subprotocol::AlpnPing),
+                "Sec-WebSocket-Protocol: alpn-ping\r\n",
+            ),
+        ] {
+            let (req, _) = client_request(framing, "h", "/connectionupgrade");
+            assert!(req.contains(offered), "{req}");
+        }
+    }
+
+    /// A 101 for `key` choosing `subprotocol`.
+    fn websocket_switch(key: &str, subprotocol: &str) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n",
+            accept_key(key)
+        )
+    }
+
+    #[tokio::test]
+    async fn the_client_accepts_any_subprotocol_it_offered_and_no_other() {
+        let ws = Framing::WebSocket(Subprotocol::Alpn);
+        let ws_ping = Framing::WebSocket(Subprotocol::AlpnPing);
+        for (asked, chosen, in_use) in [
+            (ws, "alpn", Some(ws)),
+            (ws, "ALPN-PING", Some(ws_ping)),
+            (ws_ping, "alpn-ping", Some(ws_ping)),
+            (ws_ping, "alpn", None),
+            (ws, "chat", None),
+        ] {
+            let (_, key) = client_request(asked, "h", "/connectionupgrade");
+            let key = key.unwrap();
+            let answer = websocket_switch(&key, chosen);
+            let mut reader = answer.as_bytes();
+            let got = read_switch(&mut reader, asked, Some(&key)).await;
+            match (got, in_use) {
+                (Ok(s), Some(f)) => assert_eq!(s.framing, f, "{chosen}"),
+                (Err(AnswerError::BadSwitch(why)), None) => {
+                    assert!(why.contains("not one offered"), "{why}")
+                }
+                (other, _) => panic!("{asked:?} answered {chosen}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_with_a_short_body_keeps_its_status() {
+        // Content-Length promises 100 bytes; 14 arrive and the connection stays open.
+        let (mut server, mut client) = tokio::io::duplex(4096);
+        server
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\npartial reason")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_switch(&mut client, Framing::Alpn, None),
+        )
+        .await
+        .expect("the status is reported without waiting for the whole body");
+        match answer {
+            Err(AnswerError::Status { status, reason }) => {
+                assert_eq!((status, reason.as_str()), (403, "partial reason"))
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(server);
     }
 
     #[tokio::test]

@@ -24,6 +24,8 @@ struct Chain {
     pki: Pki,
     router: RouterProcess,
     _envoy: Envoy,
+    /// Envoy's plain-HTTP listener (what the load balancer forwards to).
+    web: std::net::SocketAddr,
     nginx: LoadBalancer,
     _echo: Backend,
 }
@@ -42,11 +44,13 @@ fn chain() -> Chain {
             .port(9001, router.upgrade.port())
             .port(8081, 1),
     );
-    let nginx = LoadBalancer::start(Kind::Nginx, envoy.listener("web"), Duration::from_secs(60));
+    let web = envoy.listener("web");
+    let nginx = LoadBalancer::start(Kind::Nginx, web, Duration::from_secs(60));
     Chain {
         pki,
         router,
         _envoy: envoy,
+        web,
         nginx,
         _echo: echo_backend,
     }
@@ -207,7 +211,8 @@ fn forward_serves_a_local_port_per_service() {
         t.join().unwrap();
         assert!(back == sent, "{port}: the echo differs");
     }
-    let line = process.wait_for("via upgrade websocket:");
+    // `websocket` offers subprotocol alpn-ping first, and the router takes it.
+    let line = process.wait_for("via upgrade websocket-ping:");
     assert!(line.contains("bytes sent"), "{line}");
 }
 
@@ -246,7 +251,7 @@ fn connect_carries_stdin_and_stdout_as_an_ssh_proxy_command() {
         out.len(),
         sent.len()
     );
-    assert!(err.contains("via upgrade websocket"), "{err}");
+    assert!(err.contains("via upgrade websocket-ping"), "{err}");
 }
 
 #[test]
@@ -280,10 +285,10 @@ fn probe_names_each_step() {
         "upgrade websocket on /connectionupgrade",
         "upgrade alpn-ping on /connectionupgrade",
         "upgrade alpn on /connectionupgrade",
-        "101 Switching Protocols",
-        "inner TLS via upgrade websocket",
+        "101 Switching Protocols: websocket-ping",
+        "inner TLS via upgrade websocket-ping",
         "ALPN echo, certificate CN=router.test",
-        "result: tunnels work: an L7 load balancer is in the way: upgrade (websocket)",
+        "result: tunnels work: an L7 load balancer is in the way: upgrade (websocket-ping)",
     ] {
         assert!(out.contains(step), "{step:?} missing from:\n{out}");
     }
@@ -291,6 +296,48 @@ fn probe_names_each_step() {
     assert!(
         ok && out.contains("negotiated \"echo\": no load balancer in the way")
             && out.contains("inner TLS via direct TLS"),
+        "{out}"
+    );
+}
+
+#[test]
+fn probe_follows_the_path_a_tunnel_takes() {
+    let c = chain();
+    // http:// to Envoy: a tunnel goes straight to the upgrade (there is no TLS
+    // to detect with), and so does the probe.
+    let http = format!("http://{}", c.web);
+    let (ok, out, err) = run(c.cli("probe", &http, "echo"));
+    assert!(ok, "{out}{err}");
+    for step in [
+        "an http:// server is reached by an upgrade (no TLS to detect with): upgrade websocket, no detection",
+        "101 Switching Protocols: websocket-ping",
+        "inner TLS via upgrade websocket-ping",
+        "result: tunnels work: an L7 load balancer is in the way: upgrade (websocket-ping)",
+    ] {
+        assert!(out.contains(step), "{step:?} missing from:\n{out}");
+    }
+    assert!(!out.contains("TLS offering only"), "no detection:\n{out}");
+    // --upgrade never: direct inner TLS only, no detection either.
+    let mut never = c.cli("probe", &c.direct(), "echo");
+    never.args(["--upgrade", "never"]);
+    let (ok, out, err) = run(never);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("--upgrade never: direct TLS, no detection")
+            && out.contains("inner TLS via direct TLS")
+            && !out.contains("TLS offering only")
+            && !out.contains("upgrade websocket on"),
+        "{out}"
+    );
+    // An explicit framing is the only one tried, as a tunnel would.
+    let mut framing = c.cli("probe", &c.behind_proxy(), "echo");
+    framing.args(["--upgrade", "alpn-ping"]);
+    let (ok, out, err) = run(framing);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("--upgrade names the framing: upgrade alpn-ping, no detection")
+            && out.contains("inner TLS via upgrade alpn-ping")
+            && !out.contains("upgrade websocket on"),
         "{out}"
     );
 }
@@ -346,6 +393,13 @@ fn failures_say_what_went_wrong_and_what_to_do() {
         (
             c.cli("connect", &c.behind_proxy(), "nothing-routed"),
             "the router has no route for this ALPN",
+        ),
+        (
+            // At the direct port detection sees no_application_protocol, which
+            // a load balancer would also send; http/1.1 refused the same way
+            // says there is none, just no route.
+            c.cli("connect", &c.direct(), "nothing-routed"),
+            "has no route for ALPN \"nothing-routed\": it refused \"nothing-routed\" and then http/1.1 with no_application_protocol, so no load balancer is in the way",
         ),
     ];
     for (cmd, expected) in cases {

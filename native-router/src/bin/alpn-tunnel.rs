@@ -11,6 +11,7 @@ use alpn_router::config::{read_cert_key, read_certs};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// Reach a service routed by ALPN (PostgreSQL, Redis, SSH, ...) through an HTTP
@@ -83,11 +84,18 @@ struct Common {
     /// CA file (PEM) that verifies the load balancer; default: the system's roots.
     #[arg(long)]
     outer_ca: Option<PathBuf>,
-    /// auto (detect), never (direct TLS), always (WebSocket), or a framing:
-    /// alpn, alpn-ping, websocket, websocket-ping (WebSocket with pings).
+    /// auto (detect; an upgrade uses WebSocket), never (direct TLS), always
+    /// (WebSocket), or a framing: websocket (offers subprotocols alpn-ping, then
+    /// alpn; the server picks), websocket-ping (offers only alpn-ping),
+    /// alpn-ping, or alpn (raw bytes: nothing can ping it, so a quiet tunnel
+    /// dies at a load balancer's idle timeout). Logs and probe name the
+    /// framing in use.
     #[arg(long, env = "ALPN_TUNNEL_UPGRADE", default_value = "auto", value_parser = UpgradeMode::parse)]
     upgrade: UpgradeMode,
-    /// How often alpn-ping framings ping, so that idle timeouts never fire.
+    /// After this long with nothing sent, the client pings (a WebSocket Ping, or
+    /// an empty alpn-ping frame) so that idle timeouts never fire, whether or
+    /// not the server pings; keep it under the load balancer's idle timeout.
+    /// Raw alpn cannot ping. 0s disables it.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     ping_interval: Duration,
     /// The local address to connect from (on hosts with several addresses).
@@ -157,6 +165,9 @@ fn main() -> ExitCode {
             Command::Connect { common, alpn } => connect(&common, &alpn).await,
         }
     });
+    // A read of stdin may still be blocked on a thread of its own (a tunnel
+    // that was cut does not wait for stdin's EOF): do not wait for it.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -171,11 +182,18 @@ async fn connect(common: &Common, alpn: &str) -> anyhow::Result<()> {
     let (mut tunnel, path) = client.connect().await?;
     info!("connected to {} for {alpn} via {path}", client.server());
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    let (up, down) = tokio::io::copy_bidirectional(&mut stdio, &mut tunnel)
-        .await
-        .map_err(|e| anyhow::anyhow!("the tunnel: {}", explain(&e, path)))?;
-    info!("closed: {up} bytes sent, {down} received");
-    Ok(())
+    match tokio::io::copy_bidirectional(&mut stdio, &mut tunnel).await {
+        Ok((up, down)) => {
+            info!("closed: {up} bytes sent, {down} received");
+            Ok(())
+        }
+        Err(e) => {
+            // Hand on what did arrive (stdout writes complete on a thread of
+            // their own) before reporting the failure.
+            let _ = tokio::time::timeout(common.timeout, stdio.flush()).await;
+            bail!("the tunnel via {path}: {}", explain(&e, path))
+        }
+    }
 }
 
 async fn forward(common: &Common, alpns: &[String], listen: Option<&str>) -> anyhow::Result<()> {
@@ -236,10 +254,19 @@ async fn accept(listener: TcpListener, client: Arc<Client>, alpn: String) {
                 Ok((up, down)) => {
                     info!("{alpn}: {peer} via {path}: {up} bytes sent, {down} received, {took:.3}s")
                 }
-                Err(e) => info!(
-                    "{alpn}: {peer} via {path}: ended after {took:.3}s: {}",
-                    explain(&e, path)
-                ),
+                Err(e) => {
+                    // The local application must not take a cut tunnel for a
+                    // clean end: it gets a reset, not a FIN.
+                    let reset = match local.set_zero_linger() {
+                        Ok(()) => "the local connection is reset",
+                        Err(_) => "the local connection could not be set to reset and is closed",
+                    };
+                    warn!(
+                        "{alpn}: {peer} via {path}: ended after {took:.3}s: {}; {reset}",
+                        explain(&e, path)
+                    );
+                    drop(local);
+                }
             }
         });
     }

@@ -14,7 +14,9 @@ use crate::framing::{Framed, Framing, Role};
 use crate::upgrade::{self, AnswerError};
 
 /// Sends the upgrade request for `framing` on `stream` and returns the stream in
-/// that framing once the server switched protocols.
+/// the framing the server switched to ([`Framed::framing`]: for `websocket`,
+/// with the subprotocol the server chose), pinging after `ping_interval` with
+/// nothing sent (except raw `alpn`, which cannot carry a ping).
 pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     framing: Framing,
@@ -25,12 +27,12 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     let (request, key) = upgrade::client_request(framing, host, path);
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
-    let leftover = upgrade::read_answer(&mut stream, framing, key.as_deref()).await?;
+    let switched = upgrade::read_switch(&mut stream, framing, key.as_deref()).await?;
     Ok(Framed::new(
-        framing,
+        switched.framing,
         Role::Client,
         stream,
-        leftover,
+        switched.leftover,
         ping_interval,
     ))
 }

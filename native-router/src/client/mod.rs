@@ -62,7 +62,8 @@ impl UpgradeMode {
 }
 
 /// The framing used when an upgrade is needed and none was named: WebSocket
-/// passes the most load balancers.
+/// passes the most load balancers. It offers subprotocol `alpn-ping` before
+/// `alpn`, and pings after a quiet send side either way.
 pub const DEFAULT_FRAMING: Framing = Framing::WebSocket(Subprotocol::Alpn);
 
 /// Deadlines for each network step.
@@ -99,7 +100,8 @@ pub struct Options {
     pub outer_ca: Option<Vec<CertificateDer<'static>>>,
     /// Detect, or force a path.
     pub upgrade: UpgradeMode,
-    /// Pings on `alpn-ping` framings.
+    /// A ping goes out after this long with nothing sent, on every framing
+    /// but raw `alpn` (which cannot carry one); zero disables pings.
     pub ping_interval: Duration,
     /// Deadlines.
     pub timeouts: Timeouts,
@@ -177,6 +179,18 @@ pub enum ClientError {
     /// Detection met a failure that says nothing about load balancers.
     #[error("detecting whether a load balancer is in the way failed: {0}")]
     Detect(String),
+    /// The server refused the route's ALPN and then `http/1.1` too, both with
+    /// `no_application_protocol`: no load balancer is in the way, the router
+    /// (its direct port) just has no route for this ALPN.
+    #[error(
+        "the server {addr} has no route for ALPN {alpn:?}: it refused {alpn:?} and then http/1.1 with no_application_protocol, so no load balancer is in the way (check the ALPN name, or ask the server's operator to add a route)"
+    )]
+    NoRoute {
+        /// The address.
+        addr: String,
+        /// The ALPN asked for.
+        alpn: String,
+    },
 }
 
 fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
@@ -189,8 +203,21 @@ fn outer_hint(e: &io::Error) -> &'static str {
         Some(rustls::Error::InvalidCertificate(_)) => {
             " (the load balancer's certificate is not trusted: pass its CA with --outer-ca FILE)"
         }
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)) => {
+            " (the server refused http/1.1: it is not an HTTP load balancer; if it is the router's direct port, use --upgrade auto or never)"
+        }
         _ => "",
     }
+}
+
+/// Whether `e` is a `no_application_protocol` alert from the server.
+fn is_no_alpn_alert(e: &io::Error) -> bool {
+    matches!(
+        rustls_error(e),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::NoApplicationProtocol
+        ))
+    )
 }
 
 fn upgrade_hint(e: &AnswerError) -> &'static str {
@@ -235,8 +262,21 @@ fn inner_hint(e: &io::Error, path: &Path) -> &'static str {
 /// An error of an open tunnel, with advice where there is some. With TLS 1.3 a
 /// router that refuses the client certificate says so only after the handshake,
 /// on the first read, so such errors surface here rather than from `connect`.
+/// An end without TLS `close_notify` is a truncation and says so.
 pub fn explain(e: &io::Error, path: Path) -> String {
+    if is_truncation(e) {
+        return format!(
+            "the tunnel was cut (truncated): the server ended it without TLS close_notify, e.g. the backend failed or reset, or the connection was cut on the way; what was received may be incomplete ({e})"
+        );
+    }
     format!("{e}{}", inner_hint(e, &path))
+}
+
+/// Whether a tunnel error means the stream was cut rather than ended: the
+/// inner TLS ended without `close_notify` (rustls reports `UnexpectedEof`),
+/// or a framing ended inside a frame.
+pub fn is_truncation(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof
 }
 
 /// Roots from `given`, or the system's.
@@ -270,6 +310,15 @@ pub struct Client {
     alpn: String,
     options: Options,
     configs: Configs,
+}
+
+/// How a client's path is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathChoice {
+    /// Fixed by the settings or the URL, and why.
+    Fixed(Path, &'static str),
+    /// Detected by a test handshake (PROTOCOL.md section 6).
+    Detect,
 }
 
 /// What was learned about each server, for the life of the process.
@@ -308,16 +357,36 @@ impl Client {
         self.options.sni.as_deref().unwrap_or(&self.server.host)
     }
 
+    /// How the path is chosen, from `--upgrade` and the URL's scheme: the one
+    /// place that decides it, for tunnels and the probe alike.
+    pub fn path_choice(&self) -> PathChoice {
+        match self.options.upgrade {
+            UpgradeMode::Never => PathChoice::Fixed(Path::Direct, "--upgrade never"),
+            UpgradeMode::Always => {
+                PathChoice::Fixed(Path::Upgrade(DEFAULT_FRAMING), "--upgrade always")
+            }
+            UpgradeMode::Framing(f) => {
+                PathChoice::Fixed(Path::Upgrade(f), "--upgrade names the framing")
+            }
+            UpgradeMode::Auto if !self.server.tls => PathChoice::Fixed(
+                Path::Upgrade(DEFAULT_FRAMING),
+                "an http:// server is reached by an upgrade (no TLS to detect with)",
+            ),
+            UpgradeMode::Auto => PathChoice::Detect,
+        }
+    }
+
+    fn cache_key(&self) -> String {
+        format!("{}|{}", self.server.authority(), self.alpn)
+    }
+
     /// How this client reaches the router: as configured, or detected once per
     /// server and process.
     pub async fn path(&self) -> Result<Path, ClientError> {
-        match self.options.upgrade {
-            UpgradeMode::Never => Ok(Path::Direct),
-            UpgradeMode::Always => Ok(Path::Upgrade(DEFAULT_FRAMING)),
-            UpgradeMode::Framing(f) => Ok(Path::Upgrade(f)),
-            UpgradeMode::Auto if !self.server.tls => Ok(Path::Upgrade(DEFAULT_FRAMING)),
-            UpgradeMode::Auto => {
-                let key = format!("{}|{}", self.server.authority(), self.alpn);
+        match self.path_choice() {
+            PathChoice::Fixed(path, _) => Ok(path),
+            PathChoice::Detect => {
+                let key = self.cache_key();
                 if let Some(p) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
                     return Ok(*p);
                 }
@@ -332,11 +401,11 @@ impl Client {
         }
     }
 
-    /// Opens one tunnel: the stream to the routed service, and the path taken.
+    /// Opens one tunnel: the stream to the routed service, and the path in use
+    /// (for an upgrade, the framing the server switched to).
     pub async fn connect(&self) -> Result<(Box<dyn Io>, Path), ClientError> {
         let path = self.path().await?;
-        let stream = self.connect_via(path).await?;
-        Ok((stream, path))
+        self.open(path).await
     }
 
     async fn tcp(&self) -> Result<TcpStream, ClientError> {
@@ -378,17 +447,24 @@ impl Client {
 
     /// Opens one tunnel along `path`.
     pub async fn connect_via(&self, path: Path) -> Result<Box<dyn Io>, ClientError> {
+        self.open(path).await.map(|(stream, _)| stream)
+    }
+
+    /// Opens one tunnel along `path`; returns it and the path in use.
+    pub async fn open(&self, path: Path) -> Result<(Box<dyn Io>, Path), ClientError> {
         let tcp = self.tcp().await?;
         match path {
-            Path::Direct => self.inner(tcp, path).await,
+            Path::Direct => Ok((self.inner(tcp, path).await?, path)),
             Path::Upgrade(framing) if self.server.tls => {
                 let outer = self.outer_tls(tcp).await?;
                 let framed = self.upgrade(outer, framing).await?;
-                self.inner(framed, path).await
+                let in_use = Path::Upgrade(framed.framing());
+                Ok((self.inner(framed, in_use).await?, in_use))
             }
             Path::Upgrade(framing) => {
                 let framed = self.upgrade(tcp, framing).await?;
-                self.inner(framed, path).await
+                let in_use = Path::Upgrade(framed.framing());
+                Ok((self.inner(framed, in_use).await?, in_use))
             }
         }
     }
@@ -414,7 +490,22 @@ impl Client {
                 addr: addr.clone(),
                 after: t,
             })?
-            .map_err(|error| ClientError::OuterTls { addr, error })
+            .map_err(|error| {
+                // Detection took the route's ALPN being refused for a load
+                // balancer; http/1.1 refused the same way says the server is
+                // the router and has no route for it (PROTOCOL.md section 6).
+                if is_no_alpn_alert(&error) && self.path_choice() == PathChoice::Detect {
+                    cache()
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&self.cache_key());
+                    return ClientError::NoRoute {
+                        addr,
+                        alpn: self.alpn.clone(),
+                    };
+                }
+                ClientError::OuterTls { addr, error }
+            })
     }
 
     async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(

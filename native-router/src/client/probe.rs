@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::detect::{test_handshake, Finding};
-use super::{Client, ClientError, Path, DEFAULT_FRAMING};
+use super::{Client, ClientError, Path, PathChoice, UpgradeMode, DEFAULT_FRAMING};
 use crate::framing::{Framing, Subprotocol};
 
 /// One step of the probe.
@@ -126,59 +126,22 @@ pub async fn probe(client: &Client) -> Report {
         Err(e) => return fail(report, "TCP connect", started, e),
     };
 
-    // The detection handshake.
-    let started = Instant::now();
-    let detected = match test_handshake(client).await {
-        Ok(Finding::Negotiated) => {
+    // The same choice a tunnel makes: detection only where a tunnel would detect.
+    let choice = client.path_choice();
+    let path = match choice {
+        PathChoice::Fixed(path, why) => {
             report.step(
-                format!("TLS offering only {:?}", client.alpn),
-                started,
-                Ok(format!(
-                    "negotiated {:?}: no load balancer in the way",
-                    client.alpn
-                )),
+                "path",
+                Instant::now(),
+                Ok(format!("{why}: {path}, no detection")),
             );
-            Path::Direct
+            path
         }
-        Ok(Finding::OtherAlpn(alpn)) => {
-            let what = alpn.map_or_else(|| "no ALPN".to_string(), |a| format!("ALPN {a:?}"));
-            report.step(
-                format!("TLS offering only {:?}", client.alpn),
-                started,
-                Ok(format!(
-                    "{what}: an L7 load balancer terminates TLS; an upgrade is needed"
-                )),
-            );
-            Path::Upgrade(DEFAULT_FRAMING)
-        }
-        Ok(Finding::LoadBalancerFailure(why)) => {
-            report.step(
-                format!("TLS offering only {:?}", client.alpn),
-                started,
-                Ok(format!(
-                    "{why}: an L7 load balancer is in the way; an upgrade is needed"
-                )),
-            );
-            Path::Upgrade(DEFAULT_FRAMING)
-        }
-        Err(e) => {
-            return fail(
-                report,
-                &format!("TLS offering only {:?}", client.alpn),
-                started,
-                e,
-            )
-        }
+        PathChoice::Detect => match detect_step(&mut report, client).await {
+            Some(path) => path,
+            None => return report,
+        },
     };
-    let forced = client.path().await.ok().filter(|p| *p != detected);
-    if let Some(p) = forced {
-        report.steps.push(Step {
-            name: "--upgrade setting".into(),
-            outcome: Ok(format!("overrides detection: {p}")),
-            millis: 0.0,
-        });
-    }
-    let path = forced.unwrap_or(detected);
 
     if let Path::Upgrade(preferred) = path {
         if client.server().tls {
@@ -195,19 +158,24 @@ pub async fn probe(client: &Client) -> Report {
                 Err(e) => return fail(report, "outer TLS to the load balancer", started, e),
             };
         }
-        // Which framings the server accepts.
+        // Which framings the server accepts: in auto mode all of them, for
+        // advice; a framing that was set (or `always`) is the only one tried.
+        let candidates = match client.options.upgrade {
+            UpgradeMode::Auto => vec![
+                Framing::WebSocket(Subprotocol::Alpn),
+                Framing::AlpnPing,
+                Framing::Alpn,
+                Framing::WebSocket(Subprotocol::AlpnPing),
+            ],
+            _ => vec![preferred],
+        };
         let mut accepted = Vec::new();
-        for framing in [
-            Framing::WebSocket(Subprotocol::Alpn),
-            Framing::AlpnPing,
-            Framing::Alpn,
-            Framing::WebSocket(Subprotocol::AlpnPing),
-        ] {
+        for framing in candidates {
             let started = Instant::now();
             let outcome = match try_upgrade(client, framing).await {
-                Ok(()) => {
-                    accepted.push(framing);
-                    Ok("101 Switching Protocols".to_string())
+                Ok(in_use) => {
+                    accepted.push((framing, in_use));
+                    Ok(format!("101 Switching Protocols: {}", in_use.name()))
                 }
                 Err(e) => Err(e.to_string()),
             };
@@ -217,49 +185,93 @@ pub async fn probe(client: &Client) -> Report {
                 outcome,
             );
         }
-        let Some(&first) = accepted
+        let Some(&(asked, _)) = accepted
             .iter()
-            .find(|f| **f == preferred)
+            .find(|(asked, _)| *asked == preferred)
             .or(accepted.first())
         else {
             return report;
         };
-        return inner(report, client, Path::Upgrade(first)).await;
+        return inner(report, client, Path::Upgrade(asked)).await;
     }
     inner(report, client, path).await
 }
 
-async fn try_upgrade(client: &Client, framing: Framing) -> Result<(), ClientError> {
+/// The detection handshake as a step; the path it points to, or `None` after
+/// a failure (recorded in the report).
+async fn detect_step(report: &mut Report, client: &Client) -> Option<Path> {
+    let name = format!("TLS offering only {:?}", client.alpn);
+    let started = Instant::now();
+    let (outcome, path) = match test_handshake(client).await {
+        Ok(Finding::Negotiated) => (
+            Ok(format!(
+                "negotiated {:?}: no load balancer in the way",
+                client.alpn
+            )),
+            Some(Path::Direct),
+        ),
+        Ok(Finding::OtherAlpn(alpn)) => {
+            let what = alpn.map_or_else(|| "no ALPN".to_string(), |a| format!("ALPN {a:?}"));
+            (
+                Ok(format!(
+                    "{what}: an L7 load balancer terminates TLS; an upgrade is needed"
+                )),
+                Some(Path::Upgrade(DEFAULT_FRAMING)),
+            )
+        }
+        Ok(Finding::LoadBalancerFailure(why)) => (
+            Ok(format!(
+                "{why}: an L7 load balancer is in the way; an upgrade is needed"
+            )),
+            Some(Path::Upgrade(DEFAULT_FRAMING)),
+        ),
+        Err(e) => (Err(e.to_string()), None),
+    };
+    report.step(name, started, outcome);
+    path
+}
+
+/// Upgrades with `framing`; returns the framing the server switched to.
+async fn try_upgrade(client: &Client, framing: Framing) -> Result<Framing, ClientError> {
     let tcp = client.tcp().await?;
     if client.server().tls {
         let outer = client.outer_tls(tcp).await?;
-        client.upgrade(outer, framing).await.map(drop)
+        client.upgrade(outer, framing).await.map(|f| f.framing())
     } else {
-        client.upgrade(tcp, framing).await.map(drop)
+        client.upgrade(tcp, framing).await.map(|f| f.framing())
     }
 }
 
+/// The inner TLS along `path` as a tunnel would open it; the step names the
+/// path in use (for an upgrade, the framing the server switched to).
 async fn inner(mut report: Report, client: &Client, path: Path) -> Report {
-    let name = format!("inner TLS via {path}");
     let started = Instant::now();
-    let result: Result<String, ClientError> = async {
+    let result: Result<(String, Path), ClientError> = async {
         let tcp = client.tcp().await?;
         match path {
-            Path::Direct => inner_summary(client, tcp, path).await,
+            Path::Direct => Ok((inner_summary(client, tcp, path).await?, path)),
             Path::Upgrade(f) if client.server().tls => {
                 let outer = client.outer_tls(tcp).await?;
                 let framed = client.upgrade(outer, f).await?;
-                inner_summary(client, framed, path).await
+                let in_use = Path::Upgrade(framed.framing());
+                Ok((inner_summary(client, framed, in_use).await?, in_use))
             }
             Path::Upgrade(f) => {
                 let framed = client.upgrade(tcp, f).await?;
-                inner_summary(client, framed, path).await
+                let in_use = Path::Upgrade(framed.framing());
+                Ok((inner_summary(client, framed, in_use).await?, in_use))
             }
         }
     }
     .await;
-    if report.step(name, started, result.map_err(|e| e.to_string())) {
-        report.path = Some(path);
+    match result {
+        Ok((summary, in_use)) => {
+            report.step(format!("inner TLS via {in_use}"), started, Ok(summary));
+            report.path = Some(in_use);
+        }
+        Err(e) => {
+            report.step(format!("inner TLS via {path}"), started, Err(e.to_string()));
+        }
     }
     report
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{poll_fill, poll_read_limited, Pinger};
+use super::{poll_fill, poll_read_limited, Pinger, Role};
 
 /// The largest frame written; readers accept any length.
 const MAX_FRAME: usize = 64 * 1024;
@@ -33,8 +33,14 @@ pub struct AlpnPingStream<S> {
 }
 
 impl<S> AlpnPingStream<S> {
-    /// Frames `inner`, sending a ping every `ping_interval` if given.
+    /// Frames `inner` as the server, sending a ping every `ping_interval` if given.
     pub fn new(inner: S, ping_interval: Option<Duration>) -> AlpnPingStream<S> {
+        AlpnPingStream::for_role(inner, Role::Server, ping_interval)
+    }
+
+    /// Frames `inner` for `role`: a server pings every `ping_interval`, a
+    /// client after `ping_interval` with no payload sent.
+    pub fn for_role(inner: S, role: Role, ping_interval: Option<Duration>) -> AlpnPingStream<S> {
         AlpnPingStream {
             inner,
             read_header: [0; 4],
@@ -44,7 +50,7 @@ impl<S> AlpnPingStream<S> {
             write_header_pos: 4,
             write_remaining: 0,
             ping_pending: false,
-            pinger: Pinger::new(ping_interval),
+            pinger: Pinger::for_role(role, ping_interval),
         }
     }
 }
@@ -146,6 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AlpnPingStream<S> {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         this.write_remaining -= n;
+        this.pinger.sent();
         Poll::Ready(Ok(n))
     }
 

@@ -89,14 +89,24 @@ impl Framing {
         }
     }
 
-    /// Whether this end sends pings: the server on `alpn-ping` and WebSocket
-    /// with subprotocol `alpn-ping`; the client likewise (it keeps the load
-    /// balancer's idle timer from both sides).
+    /// Whether the server sends pings: on `alpn-ping` and on WebSocket with
+    /// subprotocol `alpn-ping` (PROTOCOL.md section 4).
     pub fn pings(self) -> bool {
         matches!(
             self,
             Framing::AlpnPing | Framing::WebSocket(Subprotocol::AlpnPing)
         )
+    }
+
+    /// Whether `role` sends pings in this framing: the server where
+    /// [`Framing::pings`] says so, the client whenever the framing can carry a
+    /// ping (all but raw `alpn`), so that a quiet tunnel survives idle timeouts
+    /// even when the server does not ping.
+    pub fn pings_as(self, role: Role) -> bool {
+        match role {
+            Role::Server => self.pings(),
+            Role::Client => self != Framing::Alpn,
+        }
     }
 }
 
@@ -111,6 +121,8 @@ impl Framing {
 /// Close) once the read side has ended, or when the stream is dropped.
 pub struct Framed<S> {
     kind: Kind<S>,
+    /// The framing in use (logs and the probe name it).
+    framing: Framing,
     /// The read side has ended (EOF or a Close frame).
     read_done: bool,
 }
@@ -122,8 +134,10 @@ enum Kind<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
-    /// Frames `inner` as `framing` for `role`, pinging every `ping_interval`
-    /// where the framing pings. Must be called inside a tokio runtime.
+    /// Frames `inner` as `framing` for `role`, pinging where
+    /// [`Framing::pings_as`] says so: a server every `ping_interval`, a client
+    /// after `ping_interval` with nothing sent (zero disables pings). Must be
+    /// called inside a tokio runtime.
     pub fn new(
         framing: Framing,
         role: Role,
@@ -132,18 +146,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         ping_interval: Duration,
     ) -> Framed<S> {
         let inner = Prefixed::new(inner, leftover);
-        let ping = framing.pings().then_some(ping_interval);
+        let ping = framing.pings_as(role).then_some(ping_interval);
         let kind = match framing {
             Framing::Alpn => Kind::Raw(inner),
-            Framing::AlpnPing => Kind::AlpnPing(AlpnPingStream::new(inner, ping)),
+            Framing::AlpnPing => Kind::AlpnPing(AlpnPingStream::for_role(inner, role, ping)),
             Framing::WebSocket(_) => {
                 Kind::WebSocket(Box::new(WebSocketStream::new(inner, role, ping)))
             }
         };
         Framed {
             kind,
+            framing,
             read_done: false,
         }
+    }
+
+    /// The framing in use.
+    pub fn framing(&self) -> Framing {
+        self.framing
     }
 }
 
@@ -295,19 +315,46 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// The ping timer of a framing: due every period, starting one period from now.
+/// The ping timer of a framing. A server pings every period, starting one
+/// period from now. A client pings only after a quiet send side: each data
+/// write ([`Pinger::sent`]) pushes its next ping to one period later, so a
+/// busy tunnel carries no pings and a quiet one is pinged whether or not the
+/// server pings.
 pub(crate) struct Pinger {
     interval: Option<Interval>,
+    /// When data was last written, for a client; `None` for a server (fixed interval).
+    last_sent: Option<Instant>,
 }
 
 impl Pinger {
+    /// A server's timer: a ping every `period` (none, or zero, disables it).
     pub(crate) fn new(period: Option<Duration>) -> Pinger {
         let interval = period.filter(|p| !p.is_zero()).map(|p| {
             let mut i = tokio::time::interval_at(Instant::now() + p, p);
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
             i
         });
-        Pinger { interval }
+        Pinger {
+            interval,
+            last_sent: None,
+        }
+    }
+
+    /// The timer for `role`: a server's fixed interval, or a client's ping
+    /// after `period` with nothing sent.
+    pub(crate) fn for_role(role: Role, period: Option<Duration>) -> Pinger {
+        let mut pinger = Pinger::new(period);
+        if role == Role::Client && pinger.interval.is_some() {
+            pinger.last_sent = Some(Instant::now());
+        }
+        pinger
+    }
+
+    /// Data was written: a client's next ping is one period from now.
+    pub(crate) fn sent(&mut self) {
+        if let Some(last) = &mut self.last_sent {
+            *last = Instant::now();
+        }
     }
 
     /// Whether a ping is due; registers the task to be woken at the next one
@@ -316,7 +363,13 @@ impl Pinger {
         let mut due = false;
         if let Some(i) = &mut self.interval {
             while i.poll_tick(cx).is_ready() {
-                due = true;
+                match self.last_sent {
+                    // Something was sent within the period: no ping yet.
+                    Some(last) if last + i.period() > Instant::now() => {
+                        i.reset_at(last + i.period());
+                    }
+                    _ => due = true,
+                }
             }
         }
         due
@@ -372,4 +425,168 @@ pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
         }
     }
     Poll::Ready(Ok(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::time::timeout;
+
+    /// Reads one frame's first two bytes and skips the rest of it (a client's
+    /// frames carry a mask key); returns the first byte and the payload length.
+    async fn websocket_frame(wire: &mut DuplexStream) -> (u8, usize) {
+        let mut h = [0u8; 2];
+        wire.read_exact(&mut h).await.unwrap();
+        let len = usize::from(h[1] & 0x7f);
+        assert!(len < 126, "short frames only here");
+        let mask = if h[1] & 0x80 != 0 { 4 } else { 0 };
+        let mut rest = vec![0u8; mask + len];
+        wire.read_exact(&mut rest).await.unwrap();
+        (h[0], len)
+    }
+
+    /// A client stream with a read pending, as a tunnel's copy loop holds it.
+    fn reading(mut framed: Framed<DuplexStream>) -> tokio::task::JoinHandle<io::Result<usize>> {
+        tokio::spawn(async move { framed.read(&mut [0u8; 16]).await })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_client_pings_in_every_framing_that_can() {
+        for framing in [
+            Framing::AlpnPing,
+            Framing::WebSocket(Subprotocol::Alpn),
+            Framing::WebSocket(Subprotocol::AlpnPing),
+        ] {
+            let (a, mut wire) = tokio::io::duplex(1 << 16);
+            let framed = Framed::new(
+                framing,
+                Role::Client,
+                a,
+                Vec::new(),
+                Duration::from_secs(30),
+            );
+            let reader = reading(framed);
+            tokio::time::sleep(Duration::from_secs(31)).await;
+            // A deadline of its own: without a ping nothing would ever arrive.
+            let no_ping = format!("{framing:?}: no ping after 31 s of quiet");
+            if framing == Framing::AlpnPing {
+                let mut ping = [0xffu8; 4];
+                timeout(Duration::from_secs(1), wire.read_exact(&mut ping))
+                    .await
+                    .expect(&no_ping)
+                    .unwrap();
+                assert_eq!(ping, [0; 4], "an empty alpn-ping frame");
+            } else {
+                let frame = timeout(Duration::from_secs(1), websocket_frame(&mut wire))
+                    .await
+                    .expect(&no_ping);
+                assert_eq!(frame, (0x89, 0), "{framing:?}: a Ping");
+            }
+            reader.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_does_not_ping_and_raw_alpn_never_does() {
+        for framing in [
+            Framing::WebSocket(Subprotocol::Alpn),
+            Framing::WebSocket(Subprotocol::AlpnPing),
+            Framing::AlpnPing,
+            Framing::Alpn,
+        ] {
+            let (a, mut wire) = tokio::io::duplex(1 << 16);
+            let mut framed = Framed::new(
+                framing,
+                Role::Client,
+                a,
+                Vec::new(),
+                Duration::from_secs(30),
+            );
+            // A byte every 20 s for 100 s, with a read pending in between.
+            let sender = tokio::spawn(async move {
+                let mut sink = [0u8; 1];
+                for _ in 0..5 {
+                    framed.write_all(b"x").await.unwrap();
+                    framed.flush().await.unwrap();
+                    let quiet = timeout(Duration::from_secs(20), framed.read(&mut sink));
+                    assert!(quiet.await.is_err(), "nothing to read");
+                }
+                if framing == Framing::Alpn {
+                    // Raw alpn cannot ping, however long it is quiet.
+                    let quiet = timeout(Duration::from_secs(100), framed.read(&mut sink));
+                    assert!(quiet.await.is_err(), "nothing to read");
+                }
+            });
+            sender.await.unwrap();
+            let mut wire_bytes = Vec::new();
+            wire.read_to_end(&mut wire_bytes).await.unwrap();
+            match framing {
+                Framing::Alpn => assert_eq!(wire_bytes, b"xxxxx"),
+                Framing::AlpnPing => assert_eq!(wire_bytes, b"\0\0\0\x01x".repeat(5)),
+                Framing::WebSocket(_) => {
+                    // Five masked one-byte binary frames, no Ping among them.
+                    let mut frames = &wire_bytes[..];
+                    for _ in 0..5 {
+                        assert_eq!(&frames[..2], &[0x82, 0x81], "{wire_bytes:?}");
+                        frames = &frames[7..];
+                    }
+                    assert!(frames.is_empty(), "only data: {wire_bytes:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_pings_only_where_the_framing_says_and_zero_disables() {
+        for (framing, interval, pings) in [
+            (Framing::WebSocket(Subprotocol::Alpn), 30, false),
+            (Framing::WebSocket(Subprotocol::AlpnPing), 0, false),
+            (Framing::WebSocket(Subprotocol::AlpnPing), 30, true),
+        ] {
+            let (a, mut wire) = tokio::io::duplex(1 << 16);
+            let framed = Framed::new(
+                framing,
+                Role::Server,
+                a,
+                Vec::new(),
+                Duration::from_secs(interval),
+            );
+            let reader = reading(framed);
+            tokio::time::sleep(Duration::from_secs(31)).await;
+            reader.abort();
+            let _ = reader.await;
+            let mut wire_bytes = Vec::new();
+            wire.read_to_end(&mut wire_bytes).await.unwrap();
+            let expected: &[u8] = if pings { &[0x89, 0] } else { &[] };
+            assert_eq!(wire_bytes, expected, "{framing:?} every {interval} s");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_other_than_1000_or_1001_is_an_error_for_the_reader() {
+        for (code, clean) in [(1000u16, true), (1001, true), (1011, false)] {
+            let (a, mut wire) = tokio::io::duplex(1 << 16);
+            let mut framed = Framed::new(
+                Framing::WebSocket(Subprotocol::Alpn),
+                Role::Client,
+                a,
+                Vec::new(),
+                Duration::ZERO,
+            );
+            let [hi, lo] = code.to_be_bytes();
+            wire.write_all(&[0x88, 2, hi, lo]).await.unwrap();
+            let read = framed.read(&mut [0u8; 16]).await;
+            if clean {
+                assert_eq!(read.unwrap(), 0, "{code} is a clean end");
+            } else {
+                let e = read.unwrap_err();
+                assert!(
+                    e.to_string()
+                        .contains("the server closed the tunnel with WebSocket code 1011"),
+                    "{e}"
+                );
+            }
+        }
+    }
 }

@@ -166,7 +166,7 @@ impl<S> WebSocketStream<S> {
             pong: None,
             ping_pending: false,
             close: CloseState::Open,
-            pinger: Pinger::new(ping_interval),
+            pinger: Pinger::for_role(role, ping_interval),
         }
     }
 
@@ -517,6 +517,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                                 )));
                             }
                             this.read_state = ReadState::Closed;
+                            let abnormal = code
+                                .filter(|c| !matches!(c, 1000 | 1001))
+                                .map(|c| closed_abnormally(this.role, c, &payload[2..]));
                             if this.close == CloseState::Open {
                                 // Echo the peer's code; an empty Close gets an
                                 // empty one (1005 is never sent).
@@ -525,7 +528,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WebSocketStream<S> {
                             // Best effort: EOF either way; a later write, flush or
                             // shutdown finishes sending the reply.
                             let _ = this.poll_control_flushed(cx);
-                            return Poll::Ready(Ok(()));
+                            // A Close other than 1000/1001 is not a clean end.
+                            return Poll::Ready(abnormal.map_or(Ok(()), Err));
                         }
                         _ => {} // Pong: nothing to do.
                     }
@@ -588,6 +592,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         this.write_remaining -= n;
+        this.pinger.sent();
         Poll::Ready(Ok(n))
     }
 
@@ -615,6 +620,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
         this.control_unflushed = false;
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
+}
+
+/// The read error for a peer's Close with `code` (not 1000 or 1001): the
+/// tunnel did not end cleanly, and the reader must hear it.
+fn closed_abnormally(role: Role, code: u16, reason: &[u8]) -> io::Error {
+    let peer = match role {
+        Role::Client => "server",
+        Role::Server => "client",
+    };
+    let reason = String::from_utf8_lossy(reason);
+    let reason = match reason.trim() {
+        "" => String::new(),
+        r => format!(": {r}"),
+    };
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        format!("the {peer} closed the tunnel with WebSocket code {code}{reason}"),
+    )
 }
 
 /// Writes a frame header for `len` payload bytes into `dst` with the shortest
@@ -961,14 +984,19 @@ mod tests {
                 .await
                 .unwrap();
             let read = server.read(&mut [0u8; 16]).await;
-            if answer == code {
-                assert_eq!(read.unwrap(), 0, "{code}: a valid Close ends the stream");
-            } else {
-                assert_eq!(
+            match (answer == code, code) {
+                (true, 1000) => assert_eq!(read.unwrap(), 0, "a normal Close ends the stream"),
+                // Valid, but not a normal end: the reader is told.
+                (true, _) => assert_eq!(
+                    read.unwrap_err().kind(),
+                    io::ErrorKind::ConnectionAborted,
+                    "{code}"
+                ),
+                (false, _) => assert_eq!(
                     read.unwrap_err().kind(),
                     io::ErrorKind::InvalidData,
                     "{code}"
-                );
+                ),
             }
             server.flush().await.unwrap();
             assert_eq!(
