@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alpn_router::client::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
-use alpn_router::config::read_cert_key;
 use alpn_router::framing::{Framed, Framing, Role, Subprotocol};
 use alpn_router::tunnel::Io;
 use alpn_router::upgrade;
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
-use support::{backend, config, echo, Pki, RouterProcess, DEADLINE};
+use support::{backend, config, echo, router_server_config, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -46,15 +45,7 @@ enum Answer {
 /// with pings disabled, runs the inner TLS as `router.test` for ALPN `echo`
 /// and echoes.
 async fn never_pinging_server(pki: &Pki, answer: Answer) -> SocketAddr {
-    let ck = read_cert_key(&pki.path("server.pem"), &pki.path("server.key")).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(alpn_router::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(ck.chain, ck.key)
-        .unwrap();
-    config.alpn_protocols = vec![b"echo".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(router_server_config(pki, "echo")));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -14,7 +14,7 @@ use alpn_router::framing::{Framing, Subprotocol};
 use alpn_router::proxy_protocol;
 use alpn_router::tls::client_config;
 use integration_tests::envoy::{Bootstrap, Envoy};
-use support::{backend, config, proxy_then_echo, Pki, RouterProcess, DEADLINE};
+use support::{backend, config, proxy_then_echo, Backend, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -52,6 +52,41 @@ async fn tunnel_and_echo(mut tcp: TcpStream, framing: Framing, xff: &str, pki: &
     assert!(back == sent, "{}: the echo differs", framing.name());
 }
 
+/// Envoy with the shipped `behind-l7.yaml` in front of the router, whose
+/// `postgresql` route sends PROXY v2 to a recording echo backend.
+struct Chain {
+    pki: Pki,
+    db: Backend,
+    _router: RouterProcess,
+    envoy: Envoy,
+}
+
+impl Chain {
+    fn start() -> Chain {
+        let pki = Pki::new();
+        let db = backend(proxy_then_echo);
+        let router = RouterProcess::start(
+            pki.dir.path(),
+            &config(&format!(
+                "[[route]]\nalpn = \"postgresql\"\nbackend = \"{}\"\nproxy_protocol = true\n",
+                db.addr
+            )),
+        );
+        let envoy = Envoy::start(
+            &Bootstrap::shipped("behind-l7.yaml")
+                .port(8080, 0)
+                .port(9001, router.upgrade.port())
+                .port(8081, 1),
+        );
+        Chain {
+            pki,
+            db,
+            _router: router,
+            envoy,
+        }
+    }
+}
+
 /// A TCP connection to `to` from the local address `from`.
 async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
@@ -63,22 +98,13 @@ async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_through_envoy_then_inner_tls_then_echo() {
-    let pki = Pki::new();
-    let db = backend(proxy_then_echo);
-    let router = RouterProcess::start(
-        pki.dir.path(),
-        &config(&format!(
-            "[[route]]\nalpn = \"postgresql\"\nbackend = \"{}\"\nproxy_protocol = true\n",
-            db.addr
-        )),
+    let chain = Chain::start();
+    let (pki, db, envoy, front) = (
+        &chain.pki,
+        &chain.db,
+        &chain.envoy,
+        chain.envoy.listener("web"),
     );
-    let envoy = Envoy::start(
-        &Bootstrap::shipped("behind-l7.yaml")
-            .port(8080, 0)
-            .port(9001, router.upgrade.port())
-            .port(8081, 1),
-    );
-    let front = envoy.listener("web");
     for (i, framing) in [
         Framing::Alpn,
         Framing::AlpnPing,
@@ -89,7 +115,7 @@ async fn upgrade_through_envoy_then_inner_tls_then_echo() {
     {
         let tcp = tokio::net::TcpStream::connect(front).await.unwrap();
         // What the load balancer adds: the client's address, last in X-Forwarded-For.
-        tunnel_and_echo(tcp, framing, &format!("6.6.6.6, 198.51.100.{i}"), &pki).await;
+        tunnel_and_echo(tcp, framing, &format!("6.6.6.6, 198.51.100.{i}"), pki).await;
     }
     let seen = db.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3);
@@ -116,26 +142,12 @@ async fn upgrade_through_envoy_then_inner_tls_then_echo() {
 /// address (127.0.0.1, trusted) the entry the balancer appended still counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_bypassing_the_load_balancer_cannot_choose_its_address() {
-    let pki = Pki::new();
-    let db = backend(proxy_then_echo);
-    let router = RouterProcess::start(
-        pki.dir.path(),
-        &config(&format!(
-            "[[route]]\nalpn = \"postgresql\"\nbackend = \"{}\"\nproxy_protocol = true\n",
-            db.addr
-        )),
-    );
-    let envoy = Envoy::start(
-        &Bootstrap::shipped("behind-l7.yaml")
-            .port(8080, 0)
-            .port(9001, router.upgrade.port())
-            .port(8081, 1),
-    );
-    let front = envoy.listener("web");
+    let chain = Chain::start();
+    let (pki, db, front) = (&chain.pki, &chain.db, chain.envoy.listener("web"));
     let direct = connect_from([127, 0, 0, 2], front).await;
-    tunnel_and_echo(direct, Framing::Alpn, "7.7.7.7", &pki).await;
+    tunnel_and_echo(direct, Framing::Alpn, "7.7.7.7", pki).await;
     let through_lb = connect_from([127, 0, 0, 1], front).await;
-    tunnel_and_echo(through_lb, Framing::Alpn, "7.7.7.7", &pki).await;
+    tunnel_and_echo(through_lb, Framing::Alpn, "7.7.7.7", pki).await;
 
     let seen: Vec<String> = db
         .seen

@@ -11,9 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 
-use alpn_router::config::read_cert_key;
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
-use support::{Logged, Pki, DEADLINE};
+use rustls::{ServerConnection, StreamOwned};
+use support::{router_server_config, Logged, Pki, DEADLINE};
 
 /// What the fake server sends before it cuts the tunnel.
 const PARTIAL: &[u8] = b"the first part of an answer";
@@ -22,15 +21,7 @@ const PARTIAL: &[u8] = b"the first part of an answer";
 /// connection, completes the handshake, sends `PARTIAL` and closes the TCP
 /// connection without TLS `close_notify`.
 fn cutting_server(pki: &Pki) -> SocketAddr {
-    let ck = read_cert_key(&pki.path("server.pem"), &pki.path("server.key")).unwrap();
-    let mut config = ServerConfig::builder_with_provider(alpn_router::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(ck.chain, ck.key)
-        .unwrap();
-    config.alpn_protocols = vec![b"echo".to_vec()];
-    let config = Arc::new(config);
+    let config = Arc::new(router_server_config(pki, "echo"));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {

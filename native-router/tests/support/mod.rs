@@ -328,6 +328,22 @@ pub async fn tunnel(
     }
 }
 
+/// A TLS server configuration as the router would have it (the PKI's
+/// `router.test` certificate), offering only `alpn`: for test servers that
+/// stand in for the router.
+pub fn router_server_config(pki: &Pki, alpn: &str) -> rustls::ServerConfig {
+    let ck = alpn_router::config::read_cert_key(&pki.path("server.pem"), &pki.path("server.key"))
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(alpn_router::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(ck.chain, ck.key)
+        .unwrap();
+    config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
+    config
+}
+
 /// A TLS echo backend for `backend.test`, its CA written to `dir/backend-ca.pem`.
 pub fn tls_echo_backend(dir: &Path) -> Backend {
     use rustls::{ServerConfig, ServerConnection, StreamOwned};
