@@ -132,8 +132,9 @@ struct ControlBufs {
 }
 
 impl<S> WebSocketStream<S> {
-    /// Frames `inner` (whose handshake is done) for `role`, sending a Ping every
-    /// `ping_interval` if given. Must be called inside a tokio runtime.
+    /// Frames `inner` (whose handshake is done) for `role`, pinging if
+    /// `ping_interval` is given: a server every interval, a client after an
+    /// interval with no data sent. Must be called inside a tokio runtime.
     pub fn new(inner: S, role: Role, ping_interval: Option<Duration>) -> WebSocketStream<S> {
         let scratch = match role {
             Role::Client => vec![0; SCRATCH].into_boxed_slice(),
