@@ -37,7 +37,8 @@ build: rust-setup
 	cargo build --locked --workspace
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
-## test: formatting, lints (host and wasm32), unit tests, wasm32 tests, integration tests.
+## test: formatting, lints (host and wasm32), unit tests, wasm32 tests (the
+## protocol crate and the filter), integration tests.
 test: setup lint unit wasm-test integration
 
 ## demo: the filter in a real Envoy, with stand-ins for the router and a web app.
@@ -92,7 +93,7 @@ $(WASM_TEST_STAMP):
 lint: rust-setup compose-check
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
-	cargo clippy --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release -- -D warnings
+	cargo clippy --locked -p alpn-protocol -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release -- -D warnings
 	python3 envoy/render.py --check
 
 # Unit tests, and the router's end-to-end tests (one of them through Envoy).
@@ -101,7 +102,7 @@ unit: build envoy
 
 wasm-test: wasm-test-runner
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) \
-	  $(CARGO_TEST) -p alpn-upgrade-filter --target wasm32-unknown-unknown
+	  $(CARGO_TEST) -p alpn-protocol -p alpn-upgrade-filter --target wasm32-unknown-unknown
 
 integration: build envoy
 	$(CARGO_TEST) -p integration-tests

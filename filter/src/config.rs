@@ -3,14 +3,12 @@
 //! the defaults, which are the names of PROTOCOL.md.
 
 use std::fmt;
-use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use alpn_protocol::client_addr::{parse_net, IpNet};
+use alpn_protocol::names::{valid_path, valid_token, Names};
 use serde::Deserialize;
 
-/// The upgrade type framed as RFC 6455 WebSocket; every other type is an ALPN
-/// tunnel type (raw or length-prefixed frames).
-pub const WEBSOCKET: &str = "websocket";
+pub use alpn_protocol::names::WEBSOCKET;
 
 /// The configuration as written in JSON, before validation.
 #[derive(Debug, Default, Deserialize)]
@@ -35,19 +33,14 @@ struct RawRateLimit {
     slots: Option<u32>,
 }
 
-/// The validated configuration the decision runs on.
-#[derive(Debug, Clone, PartialEq)]
+/// The validated configuration the decision runs on. The default is the
+/// protocol's names with no policy: no allow-list, no rate limit, and the
+/// client is Envoy's TCP peer.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
-    /// Paths (without query) on which upgrades are served; anything else there is refused.
-    pub upgrade_paths: Vec<String>,
-    /// Upgrade types accepted, lower case, in the order the 426 answer lists them.
-    pub allowed_types: Vec<String>,
-    /// WebSocket subprotocols accepted, in order of preference.
-    pub websocket_subprotocols: Vec<String>,
-    /// Header that repeats the upgrade type for middleboxes that scrub `Upgrade`.
-    pub duplicate_upgrade_header: String,
-    /// Header through which the client address reaches the router.
-    pub client_addr_header: String,
+    /// The protocol's names (paths, tokens, headers); the router and the client
+    /// must use the same.
+    pub names: Names,
     /// At most this many `X-Forwarded-For` entries are believed, one per trusted
     /// proxy in front of Envoy (1 behind an ALB); 0 means the client is Envoy's
     /// TCP peer.
@@ -86,22 +79,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            upgrade_paths: vec!["/connectionupgrade".into()],
-            allowed_types: vec!["alpn".into(), "alpn-ping".into(), WEBSOCKET.into()],
-            websocket_subprotocols: vec!["alpn".into(), "alpn-ping".into()],
-            duplicate_upgrade_header: "x-alpn-upgrade".into(),
-            client_addr_header: "x-alpn-client-addr".into(),
-            trusted_hops: 0,
-            trusted_proxies: Vec::new(),
-            allowed_sources: None,
-            rate_limit: None,
-        }
-    }
-}
-
 impl Config {
     /// Parses and validates the plugin configuration. Empty input (or only
     /// white space) means all defaults.
@@ -118,11 +95,11 @@ impl Config {
         })?;
         let d = Config::default();
         let upgrade_paths = match raw.upgrade_paths {
-            None => d.upgrade_paths,
+            None => d.names.upgrade_paths,
             Some(paths) => {
                 non_empty("upgrade_paths", &paths)?;
                 for (i, p) in paths.iter().enumerate() {
-                    if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                    if !valid_path(p) {
                         return Err(ConfigError(format!(
                             "key \"upgrade_paths\"[{i}]: {p:?} must be a path starting with '/' without query"
                         )));
@@ -131,21 +108,21 @@ impl Config {
                 paths
             }
         };
-        let allowed_types = token_list("allowed_types", raw.allowed_types, d.allowed_types)?;
+        let allowed_types = token_list("allowed_types", raw.allowed_types, d.names.allowed_types)?;
         let websocket_subprotocols = token_list(
             "websocket_subprotocols",
             raw.websocket_subprotocols,
-            d.websocket_subprotocols,
+            d.names.websocket_subprotocols,
         )?;
         let duplicate_upgrade_header = header_name(
             "duplicate_upgrade_header",
             raw.duplicate_upgrade_header,
-            d.duplicate_upgrade_header,
+            d.names.duplicate_upgrade_header,
         )?;
         let client_addr_header = header_name(
             "client_addr_header",
             raw.client_addr_header,
-            d.client_addr_header,
+            d.names.client_addr_header,
         )?;
         let trusted_hops = raw.trusted_hops.unwrap_or(d.trusted_hops);
         let trusted_proxies = match raw.trusted_proxies {
@@ -198,26 +175,18 @@ impl Config {
             }
         };
         Ok(Config {
-            upgrade_paths,
-            allowed_types,
-            websocket_subprotocols,
-            duplicate_upgrade_header,
-            client_addr_header,
+            names: Names {
+                upgrade_paths,
+                allowed_types,
+                websocket_subprotocols,
+                duplicate_upgrade_header,
+                client_addr_header,
+            },
             trusted_hops,
             trusted_proxies,
             allowed_sources,
             rate_limit,
         })
-    }
-
-    /// The allowed types as the `Upgrade` header of a 426 lists them.
-    pub fn allowed_list(&self) -> String {
-        self.allowed_types.join(", ")
-    }
-
-    /// Whether `path` (without query) is one of the upgrade paths.
-    pub fn is_upgrade_path(&self, path: &str) -> bool {
-        self.upgrade_paths.iter().any(|p| p == path)
     }
 }
 
@@ -226,13 +195,6 @@ fn non_empty(key: &str, list: &[String]) -> Result<(), ConfigError> {
         return Err(ConfigError(format!("key {key:?}: must not be empty")));
     }
     Ok(())
-}
-
-/// An HTTP token (RFC 9110 section 5.6.2).
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn token_list(
@@ -246,7 +208,7 @@ fn token_list(
     non_empty(key, &list)?;
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {
-        if !is_token(t) {
+        if !valid_token(t) {
             return Err(ConfigError(format!(
                 "key {key:?}[{i}]: {t:?} is not an HTTP token"
             )));
@@ -265,7 +227,7 @@ fn token_list(
 fn header_name(key: &str, value: Option<String>, default: String) -> Result<String, ConfigError> {
     match value {
         None => Ok(default),
-        Some(h) if is_token(&h) => Ok(h.to_ascii_lowercase()),
+        Some(h) if valid_token(&h) => Ok(h.to_ascii_lowercase()),
         Some(h) => Err(ConfigError(format!(
             "key {key:?}: {h:?} is not a header name"
         ))),
@@ -285,21 +247,4 @@ fn net_list(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
             })
         })
         .collect()
-}
-
-/// A CIDR block, or a bare address meaning that one host. An IPv4-mapped IPv6
-/// block (`::ffff:10.0.0.0/104`) becomes the IPv4 block, because addresses are
-/// compared in their canonical form (see [`crate::client_addr::parse_addr`]).
-fn parse_net(s: &str) -> Option<IpNet> {
-    let net = s
-        .parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))?;
-    match net {
-        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).ok().map(IpNet::V4),
-            None => Some(net),
-        },
-        _ => Some(net),
-    }
 }

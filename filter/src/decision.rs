@@ -1,142 +1,18 @@
-//! The decision: from the facts of a request to a verdict (PROTOCOL.md sections 2
-//! and 3). A plain function with no host calls, so it is tested on the host and
-//! under wasm32 alike; the proxy-wasm glue only gathers facts and acts on the verdict.
+//! The filter's decision: the protocol's validation of the request
+//! ([`alpn_protocol::validate`]) with the filter's policy around it (the source
+//! allow-list before it, the rate limit after it). A plain function with no
+//! host calls, so it is tested on the host and under wasm32 alike; the
+//! proxy-wasm glue only gathers facts and acts on the verdict.
 
 use std::net::IpAddr;
 
-use base64::Engine as _;
+use alpn_protocol::request::Request;
+use alpn_protocol::validate::{refuse, refuse_with, validate};
 
-use crate::config::{Config, WEBSOCKET};
+use crate::config::Config;
 use crate::rate_limit::{self, Admission, BucketStore};
-use crate::request::Request;
 
-/// What the filter does with a request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    /// Not an upgrade and not on the upgrade path: pass it on untouched.
-    Pass,
-    /// A well-formed upgrade: forward it to the router.
-    Approve(Approval),
-    /// Answer locally with this refusal.
-    Refuse(Refusal),
-}
-
-/// An approved upgrade.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Approval {
-    /// The upgrade type, lower case, as configured.
-    pub upgrade_type: String,
-    /// For WebSocket, the subprotocol the router will choose.
-    pub subprotocol: Option<String>,
-    /// The type came from the duplicate header because `Upgrade` was scrubbed.
-    pub from_duplicate_header: bool,
-}
-
-/// Why a request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusalKind {
-    /// Upgrade path, method not GET.
-    MethodNotAllowed,
-    /// Upgrade path, no upgrade requested.
-    NoUpgrade,
-    /// Upgrade path, an upgrade type that is not allowed.
-    TypeNotAllowed,
-    /// More than one `Upgrade` value.
-    SeveralUpgrades,
-    /// `Upgrade` and the duplicate header name different types.
-    UpgradeMismatch,
-    /// `Connection` lacks the `upgrade` token.
-    ConnectionLacksUpgrade,
-    /// A request body (`Content-Length` other than 0, or `Transfer-Encoding`).
-    Body,
-    /// WebSocket without `Sec-WebSocket-Version: 13`.
-    WebSocketVersion,
-    /// WebSocket without a key that decodes to 16 bytes.
-    WebSocketKey,
-    /// WebSocket without an allowed subprotocol.
-    WebSocketSubprotocol,
-    /// An ALPN tunnel upgrade on a path that is not an upgrade path.
-    WrongPath,
-    /// The client address is outside `allowed_sources`.
-    SourceNotAllowed,
-    /// The client is over its upgrade rate limit.
-    RateLimited,
-}
-
-impl RefusalKind {
-    /// Every kind, for defining one metric each.
-    pub const ALL: [RefusalKind; 13] = [
-        RefusalKind::MethodNotAllowed,
-        RefusalKind::NoUpgrade,
-        RefusalKind::TypeNotAllowed,
-        RefusalKind::SeveralUpgrades,
-        RefusalKind::UpgradeMismatch,
-        RefusalKind::ConnectionLacksUpgrade,
-        RefusalKind::Body,
-        RefusalKind::WebSocketVersion,
-        RefusalKind::WebSocketKey,
-        RefusalKind::WebSocketSubprotocol,
-        RefusalKind::WrongPath,
-        RefusalKind::SourceNotAllowed,
-        RefusalKind::RateLimited,
-    ];
-
-    /// The HTTP status of PROTOCOL.md section 3.
-    pub fn status(self) -> u32 {
-        match self {
-            RefusalKind::MethodNotAllowed => 405,
-            RefusalKind::NoUpgrade | RefusalKind::TypeNotAllowed => 426,
-            RefusalKind::WrongPath => 404,
-            RefusalKind::SourceNotAllowed => 403,
-            RefusalKind::RateLimited => 429,
-            RefusalKind::SeveralUpgrades
-            | RefusalKind::UpgradeMismatch
-            | RefusalKind::ConnectionLacksUpgrade
-            | RefusalKind::Body
-            | RefusalKind::WebSocketVersion
-            | RefusalKind::WebSocketKey
-            | RefusalKind::WebSocketSubprotocol => 400,
-        }
-    }
-
-    /// The name used in metrics and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            RefusalKind::MethodNotAllowed => "method_not_allowed",
-            RefusalKind::NoUpgrade => "no_upgrade",
-            RefusalKind::TypeNotAllowed => "type_not_allowed",
-            RefusalKind::SeveralUpgrades => "several_upgrades",
-            RefusalKind::UpgradeMismatch => "upgrade_mismatch",
-            RefusalKind::ConnectionLacksUpgrade => "connection_lacks_upgrade",
-            RefusalKind::Body => "body",
-            RefusalKind::WebSocketVersion => "websocket_version",
-            RefusalKind::WebSocketKey => "websocket_key",
-            RefusalKind::WebSocketSubprotocol => "websocket_subprotocol",
-            RefusalKind::WrongPath => "wrong_path",
-            RefusalKind::SourceNotAllowed => "source_not_allowed",
-            RefusalKind::RateLimited => "rate_limited",
-        }
-    }
-}
-
-/// A refusal: its kind, the one-line reason sent as the `text/plain` body, and
-/// the extra response headers it needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// What was wrong.
-    pub kind: RefusalKind,
-    /// One line for the client, without the trailing newline.
-    pub reason: String,
-    /// Headers the answer carries besides `Content-Type`.
-    pub headers: Vec<(&'static str, String)>,
-}
-
-impl Refusal {
-    /// The body sent to the client.
-    pub fn body(&self) -> String {
-        format!("{}\n", self.reason)
-    }
-}
+pub use alpn_protocol::validate::{Approval, Refusal, RefusalKind, Verdict};
 
 /// Decides what to do with `req`. `client` is the derived client address;
 /// `store` and `now_ms` serve the rate limit when one is configured.
@@ -147,148 +23,22 @@ pub fn decide(
     store: &mut dyn BucketStore,
     now_ms: u64,
 ) -> Verdict {
-    let upgrades = req.tokens("upgrade");
-    let duplicates = req.tokens(&config.duplicate_upgrade_header);
-    let path = req.path_only();
-
-    if !config.is_upgrade_path(path) {
-        // Only ALPN tunnel types are ours elsewhere: the web application may
-        // well serve WebSockets of its own.
-        let tunnel_type = upgrades.iter().chain(&duplicates).any(|t| {
-            !t.eq_ignore_ascii_case(WEBSOCKET)
-                && config
-                    .allowed_types
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(t))
-        });
-        if tunnel_type {
-            return refuse(
-                RefusalKind::WrongPath,
-                format!(
-                    "{path} is not an upgrade path: send ALPN tunnel upgrades to {}",
-                    config.upgrade_paths.join(" or ")
-                ),
-            );
-        }
-        return Verdict::Pass;
-    }
-
-    if let Some(nets) = &config.allowed_sources {
-        let allowed = client.is_some_and(|c| nets.iter().any(|n| n.contains(&c)));
-        if !allowed {
-            let who = client.map_or_else(|| "an unknown address".to_string(), |c| c.to_string());
-            return refuse(
-                RefusalKind::SourceNotAllowed,
-                format!("tunnels from {who} are not allowed"),
-            );
-        }
-    }
-
-    if req.method != "GET" {
-        return refuse_with(
-            RefusalKind::MethodNotAllowed,
-            format!(
-                "method {} is not allowed on the upgrade path: use GET",
-                req.method
-            ),
-            "allow",
-            "GET".into(),
-        );
-    }
-
-    let allowed = config.allowed_list();
-    let (chosen, from_duplicate) = match (upgrades.as_slice(), duplicates.as_slice()) {
-        ([], []) => {
-            return upgrade_required(
-                RefusalKind::NoUpgrade,
-                format!("this path only accepts connection upgrades: send Connection: Upgrade and Upgrade: one of {allowed}"),
-                &allowed,
-            )
-        }
-        ([_, _, ..], _) | ([], [_, _, ..]) => {
-            return refuse(
-                RefusalKind::SeveralUpgrades,
-                format!("several Upgrade values: send exactly one of {allowed}"),
-            )
-        }
-        ([one], []) => (*one, false),
-        ([], [dup]) => (*dup, true),
-        ([one], dups) => {
-            if !dups.iter().all(|d| d.eq_ignore_ascii_case(one)) {
+    if config.names.is_upgrade_path(req.path_only()) {
+        if let Some(nets) = &config.allowed_sources {
+            if !client.is_some_and(|c| nets.iter().any(|n| n.contains(&c))) {
+                let who =
+                    client.map_or_else(|| "an unknown address".to_string(), |c| c.to_string());
                 return refuse(
-                    RefusalKind::UpgradeMismatch,
-                    format!("{} ({}) does not match Upgrade ({one})", config.duplicate_upgrade_header, dups.join(", ")),
+                    RefusalKind::SourceNotAllowed,
+                    format!("tunnels from {who} are not allowed"),
                 );
             }
-            (*one, false)
         }
+    }
+    let approval = match validate(req, &config.names) {
+        Verdict::Approve(a) => a,
+        other => return other,
     };
-    let Some(upgrade_type) = config
-        .allowed_types
-        .iter()
-        .find(|a| a.eq_ignore_ascii_case(chosen))
-    else {
-        return upgrade_required(
-            RefusalKind::TypeNotAllowed,
-            format!("upgrade type {chosen:?} is not allowed: use one of {allowed}"),
-            &allowed,
-        );
-    };
-
-    if !req
-        .tokens("connection")
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case("upgrade"))
-    {
-        return refuse(
-            RefusalKind::ConnectionLacksUpgrade,
-            "the Connection header must contain the upgrade token".into(),
-        );
-    }
-
-    let has_body =
-        req.has("transfer-encoding") || req.values("content-length").any(|v| v.trim() != "0");
-    if has_body {
-        return refuse(
-            RefusalKind::Body,
-            "an upgrade request must not have a body (Content-Length other than 0 or Transfer-Encoding)".into(),
-        );
-    }
-
-    let mut subprotocol = None;
-    if upgrade_type == WEBSOCKET {
-        if req.single("sec-websocket-version") != Some("13") {
-            return refuse_with(
-                RefusalKind::WebSocketVersion,
-                "WebSocket upgrades need Sec-WebSocket-Version: 13".into(),
-                "sec-websocket-version",
-                "13".into(),
-            );
-        }
-        if !req.single("sec-websocket-key").is_some_and(is_valid_key) {
-            return refuse(
-                RefusalKind::WebSocketKey,
-                "WebSocket upgrades need a Sec-WebSocket-Key that is base64 of 16 bytes".into(),
-            );
-        }
-        let offered = req.tokens("sec-websocket-protocol");
-        let Some(chosen) = offered.iter().find_map(|o| {
-            config
-                .websocket_subprotocols
-                .iter()
-                .find(|s| s.eq_ignore_ascii_case(o))
-        }) else {
-            return refuse(
-                RefusalKind::WebSocketSubprotocol,
-                format!(
-                    "WebSocket upgrades need Sec-WebSocket-Protocol with one of {}",
-                    config.websocket_subprotocols.join(", ")
-                ),
-            );
-        };
-        subprotocol = Some(chosen.clone());
-    }
-
     if let Some(limit) = &config.rate_limit {
         let key = client.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         if let Admission::Limited { retry_after_s } = rate_limit::admit(limit, store, key, now_ms) {
@@ -303,48 +53,5 @@ pub fn decide(
             );
         }
     }
-
-    Verdict::Approve(Approval {
-        upgrade_type: upgrade_type.clone(),
-        subprotocol,
-        from_duplicate_header: from_duplicate,
-    })
-}
-
-/// A refusal verdict with no extra headers.
-fn refuse(kind: RefusalKind, reason: String) -> Verdict {
-    Verdict::Refuse(Refusal {
-        kind,
-        reason,
-        headers: Vec::new(),
-    })
-}
-
-/// A refusal verdict carrying one extra header.
-fn refuse_with(kind: RefusalKind, reason: String, name: &'static str, value: String) -> Verdict {
-    Verdict::Refuse(Refusal {
-        kind,
-        reason,
-        headers: vec![(name, value)],
-    })
-}
-
-/// A 426 carries the allowed list in `Upgrade`; RFC 9110 requires the
-/// `upgrade` connection option beside it, and Envoy forwards `Upgrade` only then.
-fn upgrade_required(kind: RefusalKind, reason: String, allowed: &str) -> Verdict {
-    Verdict::Refuse(Refusal {
-        kind,
-        reason,
-        headers: vec![
-            ("upgrade", allowed.to_string()),
-            ("connection", "Upgrade".into()),
-        ],
-    })
-}
-
-/// A `Sec-WebSocket-Key` is the base64 of 16 bytes (RFC 6455 section 4.1).
-fn is_valid_key(key: &str) -> bool {
-    base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .is_ok_and(|k| k.len() == 16)
+    Verdict::Approve(approval)
 }

@@ -12,11 +12,11 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::client_addr;
 use crate::config::Config;
 use crate::decision::{decide, RefusalKind, Verdict};
 use crate::rate_limit::{Bucket, BucketStore};
-use crate::request::Request;
+use alpn_protocol::client_addr;
+use alpn_protocol::request::Request;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Debug);
@@ -32,7 +32,7 @@ struct State {
     /// Streams Envoy created a context in the VM for: shows which requests cost
     /// the filter anything at all (the shipped matcher keeps ordinary ones out).
     streams: Option<u32>,
-    /// One counter per allowed type, in `config.allowed_types` order.
+    /// One counter per allowed type, in `config.names.allowed_types` order.
     approved: Vec<Option<u32>>,
     /// One counter per refusal kind, in `RefusalKind::ALL` order.
     refused: Vec<Option<u32>>,
@@ -48,6 +48,7 @@ impl State {
             }
         };
         let approved = config
+            .names
             .allowed_types
             .iter()
             .map(|t| counter(format!("{METRIC_PREFIX}.approved.{t}")))
@@ -67,6 +68,7 @@ impl State {
     fn count_approved(&self, upgrade_type: &str) {
         let index = self
             .config
+            .names
             .allowed_types
             .iter()
             .position(|t| t == upgrade_type);
@@ -101,8 +103,8 @@ impl RootContext for UpgradeRoot {
             Ok(config) => {
                 info!(
                     "configured: upgrade paths {:?}, types {:?}, trusted hops {} through proxies {:?}, source allow-list {}, rate limit {}",
-                    config.upgrade_paths,
-                    config.allowed_types,
+                    config.names.upgrade_paths,
+                    config.names.allowed_types,
                     config.trusted_hops,
                     config.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     if config.allowed_sources.is_some() { "on" } else { "off" },
@@ -202,13 +204,13 @@ impl HttpContext for UpgradeHttp {
                 let client_text = client.map(|c| c.to_string());
                 if let Err(status) = hostcalls::set_map_value(
                     MapType::HttpRequestHeaders,
-                    &config.client_addr_header,
+                    &config.names.client_addr_header,
                     client_text.as_deref(),
                 ) {
                     // Forwarding a client-supplied address would be worse than refusing.
                     error!(
                         "cannot set {} ({status:?}): refusing the upgrade",
-                        config.client_addr_header
+                        config.names.client_addr_header
                     );
                     return self.answer(
                         500,
@@ -231,7 +233,7 @@ impl HttpContext for UpgradeHttp {
                 if approval.from_duplicate_header {
                     info!(
                         "upgrade type taken from {} because Upgrade was removed on the way",
-                        config.duplicate_upgrade_header
+                        config.names.duplicate_upgrade_header
                     );
                 }
                 Action::Continue
@@ -288,9 +290,9 @@ fn is_ordinary(config: &Config) -> bool {
     };
     let path = String::from_utf8_lossy(&path);
     let path_only = path.split(['?', '#']).next().unwrap_or("");
-    !config.is_upgrade_path(path_only)
+    !config.names.is_upgrade_path(path_only)
         && header("upgrade").is_none()
-        && header(&config.duplicate_upgrade_header).is_none()
+        && header(&config.names.duplicate_upgrade_header).is_none()
 }
 
 fn show(addr: Option<IpAddr>) -> String {

@@ -3,15 +3,15 @@
 //! path, refuses everything else there with the status and reason of PROTOCOL.md,
 //! and lets all other traffic pass untouched.
 //!
-//! The logic ([`decision`], [`client_addr`], [`rate_limit`], [`config`]) is plain
-//! Rust with no host calls; the proxy-wasm glue in `host` exists only in the
-//! `wasm32-wasip1` build that Envoy loads.
+//! The wire contract (validation, names, the client address) comes from the
+//! `alpn-protocol` crate; this crate adds the filter's policy ([`decision`]:
+//! the source allow-list and the [`rate_limit`]), its JSON [`config`], and the
+//! proxy-wasm glue in `host`, which exists only in the `wasm32-wasip1` build
+//! that Envoy loads.
 
-pub mod client_addr;
 pub mod config;
 pub mod decision;
 pub mod rate_limit;
-pub mod request;
 
 #[cfg(target_os = "wasi")]
 mod host;

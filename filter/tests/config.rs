@@ -9,10 +9,10 @@ fn absent_or_empty_configuration_means_the_defaults() {
     assert_eq!(Config::parse(b"").unwrap(), d);
     assert_eq!(Config::parse(b"  \n").unwrap(), d);
     assert_eq!(Config::parse(b"{}").unwrap(), d);
-    assert_eq!(d.upgrade_paths, ["/connectionupgrade"]);
-    assert_eq!(d.allowed_list(), "alpn, alpn-ping, websocket");
-    assert_eq!(d.duplicate_upgrade_header, "x-alpn-upgrade");
-    assert_eq!(d.client_addr_header, "x-alpn-client-addr");
+    assert_eq!(d.names.upgrade_paths, ["/connectionupgrade"]);
+    assert_eq!(d.names.allowed_list(), "alpn, alpn-ping, websocket");
+    assert_eq!(d.names.duplicate_upgrade_header, "x-alpn-upgrade");
+    assert_eq!(d.names.client_addr_header, "x-alpn-client-addr");
 }
 
 #[wasm_bindgen_test(unsupported = test)]
@@ -24,8 +24,8 @@ fn every_key_is_accepted() {
             "allowed_sources": ["10.0.0.0/8", "192.0.2.1"], "rate_limit": {"upgrades": 5, "per_seconds": 60, "slots": 16}}"#,
     )
     .unwrap();
-    assert_eq!(c.allowed_types, ["alpn"]);
-    assert_eq!(c.duplicate_upgrade_header, "x-dup");
+    assert_eq!(c.names.allowed_types, ["alpn"]);
+    assert_eq!(c.names.duplicate_upgrade_header, "x-dup");
     assert_eq!(c.trusted_hops, 1);
     assert_eq!(c.trusted_proxies.len(), 3);
     assert_eq!(c.allowed_sources.unwrap().len(), 2);

@@ -3,11 +3,11 @@
 
 use std::net::IpAddr;
 
-use alpn_upgrade_filter::client_addr;
+use alpn_protocol::client_addr;
+use alpn_protocol::request::Request;
 use alpn_upgrade_filter::config::Config;
 use alpn_upgrade_filter::decision::{decide, Approval, RefusalKind, Verdict};
 use alpn_upgrade_filter::rate_limit::MemoryStore;
-use alpn_upgrade_filter::request::Request;
 use wasm_bindgen_test::wasm_bindgen_test;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";

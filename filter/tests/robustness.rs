@@ -3,11 +3,11 @@
 //! case, empty and repeated values, non-ASCII, huge lists), under every kind of
 //! configuration. Each verdict must also be one of the documented answers.
 
-use alpn_upgrade_filter::client_addr;
+use alpn_protocol::client_addr;
+use alpn_protocol::request::Request;
 use alpn_upgrade_filter::config::Config;
 use alpn_upgrade_filter::decision::{decide, Verdict};
 use alpn_upgrade_filter::rate_limit::MemoryStore;
-use alpn_upgrade_filter::request::Request;
 use wasm_bindgen_test::wasm_bindgen_test;
 
 const METHODS: &[&str] = &["GET", "POST", "get", "", "CONNECT", "G\u{e9}T"];

@@ -174,6 +174,9 @@ pub struct UpgradeListener {
     pub listen: SocketAddr,
     /// The only path upgrades are accepted on.
     pub path: String,
+    /// The protocol's names this listener validates upgrades with (the path
+    /// above, the defaults otherwise), built once per configuration load.
+    pub names: alpn_protocol::names::Names,
     /// Peers whose `X-Alpn-Client-Addr` is believed (Envoy).
     pub trusted_peers: Vec<IpNet>,
     /// How often `alpn-ping` and WebSocket tunnels are pinged.
@@ -459,7 +462,7 @@ impl Config {
             None => None,
             Some(u) => {
                 let path = u.path.unwrap_or_else(|| "/connectionupgrade".into());
-                if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                if !alpn_protocol::names::valid_path(&path) {
                     return Err(ctx.invalid(
                         "upgrade.path",
                         format!("{path:?} must be a path starting with '/'"),
@@ -490,9 +493,14 @@ impl Config {
                     Some(t) => Some(ctx.cert_key("upgrade.tls", &t.cert, &t.key)?),
                     None => None,
                 };
+                let names = alpn_protocol::names::Names {
+                    upgrade_paths: vec![path.clone()],
+                    ..Default::default()
+                };
                 Some(UpgradeListener {
                     listen: ctx.addr("upgrade.listen", &u.listen)?,
                     path,
+                    names,
                     trusted_peers,
                     ping_interval,
                     tls,

@@ -476,7 +476,7 @@ async fn connection(
     };
     let pending = match timeout(
         limits.header_timeout,
-        upgrade::read_request(&mut stream, &up.path),
+        upgrade::read_request(&mut stream, &up.names),
     )
     .await
     {

@@ -9,12 +9,11 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use alpn_upgrade_filter::config::Config as Rules;
-use alpn_upgrade_filter::decision::{decide, Refusal, Verdict};
-use alpn_upgrade_filter::rate_limit::MemoryStore;
-use alpn_upgrade_filter::request::Request;
+use alpn_protocol::client_addr::parse_addr;
+use alpn_protocol::names::Names;
+use alpn_protocol::request::Request;
+use alpn_protocol::validate::{validate, Refusal, Verdict};
 use base64::Engine as _;
-use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::framing::{Framing, Subprotocol};
@@ -23,7 +22,8 @@ use crate::framing::{Framing, Subprotocol};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// The most header lines in a request head.
 const MAX_HEADERS: usize = 64;
-const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+pub use alpn_protocol::websocket::accept_key;
 
 /// A valid upgrade request not answered yet: the caller may still refuse it
 /// (a policy of its own, such as a per-client limit) or [`Self::switch`].
@@ -94,19 +94,20 @@ pub enum UpgradeError {
     Io(#[from] io::Error),
 }
 
-/// Reads and answers one upgrade request on `path`.
+/// Reads and answers one upgrade request under `names`.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    path: &str,
+    names: &Names,
 ) -> Result<Accepted, UpgradeError> {
-    read_request(stream, path).await?.switch(stream).await
+    read_request(stream, names).await?.switch(stream).await
 }
 
-/// Reads one upgrade request on `path` and validates it; an invalid one is
-/// answered with its refusal, a valid one is left for the caller to answer.
+/// Reads one upgrade request and validates it under `names` (the protocol's
+/// validation, the same the Envoy filter runs); an invalid one is answered with
+/// its refusal, a valid one is left for the caller to answer.
 pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    path: &str,
+    names: &Names,
 ) -> Result<Pending, UpgradeError> {
     let mut buf = Vec::with_capacity(1024);
     let head_len = loop {
@@ -179,18 +180,17 @@ pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
         path: req.path.unwrap_or(""),
         headers: &header_list,
     };
-    let rules = Rules {
-        upgrade_paths: vec![path.to_string()],
-        ..Rules::default()
-    };
-    let approval = match decide(&request, &rules, None, &mut MemoryStore::default(), 0) {
+    let approval = match validate(&request, names) {
         Verdict::Approve(a) => a,
         Verdict::Refuse(r) => return refuse_with(stream, &r).await,
         Verdict::Pass => {
             return refuse(
                 stream,
                 404,
-                &format!("not found: this listener serves upgrades on {path} only"),
+                &format!(
+                    "not found: this listener serves upgrades on {} only",
+                    names.upgrade_paths.join(" or ")
+                ),
                 &[],
             )
             .await
@@ -216,8 +216,8 @@ pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
     let websocket_accept = matches!(framing, Framing::WebSocket(_))
         .then(|| accept_key(request.single("sec-websocket-key").unwrap_or_default()));
     let client_addr = request
-        .single(&rules.client_addr_header)
-        .and_then(alpn_upgrade_filter::client_addr::parse_addr);
+        .single(&names.client_addr_header)
+        .and_then(parse_addr);
     Ok(Pending {
         accepted: Accepted {
             framing,
@@ -226,14 +226,6 @@ pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
         },
         websocket_accept,
     })
-}
-
-/// `Sec-WebSocket-Accept` for `key` (RFC 6455 section 4.2.2).
-pub fn accept_key(key: &str) -> String {
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(WEBSOCKET_GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
 async fn refuse_with<S: AsyncWrite + Unpin, T>(
@@ -495,7 +487,7 @@ mod tests {
     async fn exchange(request: &[u8]) -> (Result<Accepted, UpgradeError>, String) {
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         client.write_all(request).await.unwrap();
-        let result = accept(&mut server, "/connectionupgrade").await;
+        let result = accept(&mut server, &Names::default()).await;
         drop(server);
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
@@ -642,7 +634,7 @@ mod tests {
         }
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         client.write_all(&request).await.unwrap();
-        let result = accept(&mut server, "/connectionupgrade").await;
+        let result = accept(&mut server, &Names::default()).await;
         assert!(
             matches!(result, Err(UpgradeError::Refused { status: 431, .. })),
             "{result:?}"

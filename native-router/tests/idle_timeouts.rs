@@ -54,7 +54,9 @@ async fn never_pinging_server(pki: &Pki, answer: Answer) -> SocketAddr {
             tokio::spawn(async move {
                 let (framing, leftover) = match answer {
                     Answer::Router => {
-                        let Ok(accepted) = upgrade::accept(&mut tcp, "/connectionupgrade").await
+                        let Ok(accepted) =
+                            upgrade::accept(&mut tcp, &alpn_protocol::names::Names::default())
+                                .await
                         else {
                             return;
                         };

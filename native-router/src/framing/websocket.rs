@@ -14,39 +14,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{poll_fill, poll_read_limited, Pinger, Role};
 
+pub(crate) use alpn_protocol::websocket::{
+    apply_mask, close_code_allowed, encode_header, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_PAYLOAD,
+    CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED_DATA, FIN, MASKED, MAX_CONTROL,
+    MAX_HEADER, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+};
+
 /// The largest payload of a data frame written; readers accept up to 2^63 - 1.
 const MAX_FRAME: usize = 64 * 1024;
 /// How much of the caller's buffer a client masks per write.
 const SCRATCH: usize = 16 * 1024;
-/// The largest control frame payload RFC 6455 allows.
-const MAX_CONTROL: usize = 125;
-/// The longest header: 2 bytes, a 64-bit length and a mask key.
-const MAX_HEADER: usize = 14;
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xa;
-const FIN: u8 = 0x80;
-const MASKED: u8 = 0x80;
-
-/// Close status codes (RFC 6455 section 7.4.1).
-pub(crate) const CLOSE_NORMAL: u16 = 1000;
-const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
-const CLOSE_INVALID_PAYLOAD: u16 = 1007;
-pub(crate) const CLOSE_INTERNAL_ERROR: u16 = 1011;
-
-/// Whether `code` may travel in a Close frame (RFC 6455 section 7.4): the
-/// defined codes except those reserved for reporting (1004, 1005, 1006, 1015),
-/// the IANA-registered 1012 to 1014, and the ranges for libraries and
-/// applications (3000 to 4999).
-pub fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
 /// A stream framed as WebSocket binary messages.
 pub struct WebSocketStream<S> {
     inner: S,
@@ -639,37 +616,6 @@ fn closed_abnormally(role: Role, code: u16, reason: &[u8]) -> io::Error {
         io::ErrorKind::ConnectionAborted,
         format!("the {peer} closed the tunnel with WebSocket code {code}{reason}"),
     )
-}
-
-/// Writes a frame header for `len` payload bytes into `dst` with the shortest
-/// length encoding; returns its length.
-fn encode_header(dst: &mut [u8], fin_opcode: u8, len: u64, mask: Option<[u8; 4]>) -> usize {
-    let mask_bit = if mask.is_some() { MASKED } else { 0 };
-    dst[0] = fin_opcode;
-    let mut n = if len < 126 {
-        dst[1] = mask_bit | len as u8;
-        2
-    } else if let Ok(len) = u16::try_from(len) {
-        dst[1] = mask_bit | 126;
-        dst[2..4].copy_from_slice(&len.to_be_bytes());
-        4
-    } else {
-        dst[1] = mask_bit | 127;
-        dst[2..10].copy_from_slice(&len.to_be_bytes());
-        10
-    };
-    if let Some(key) = mask {
-        dst[n..n + 4].copy_from_slice(&key);
-        n += 4;
-    }
-    n
-}
-
-/// XORs `data` with `key`, `offset` bytes into the frame's payload.
-fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
-    for (i, b) in data.iter_mut().enumerate() {
-        *b ^= key[(offset + i) % 4];
-    }
 }
 
 #[cfg(test)]

@@ -4,22 +4,16 @@
 
 use std::net::IpAddr;
 
-use alpn_upgrade_filter::client_addr::derive;
-use alpn_upgrade_filter::config::Config;
-use ipnet::IpNet;
+use alpn_protocol::client_addr::{derive, parse_net, IpNet};
 use wasm_bindgen_test::wasm_bindgen_test;
 
 fn ip(s: &str) -> Option<IpAddr> {
     Some(s.parse().unwrap())
 }
 
-/// The networks as the configuration parses them (so mapped blocks are canonical).
+/// The networks as configurations parse them (so mapped blocks are canonical).
 fn nets(list: &[&str]) -> Vec<IpNet> {
-    let json = format!(
-        r#"{{"trusted_hops": 1, "trusted_proxies": {}}}"#,
-        serde_json::to_string(list).unwrap()
-    );
-    Config::parse(json.as_bytes()).unwrap().trusted_proxies
+    list.iter().map(|s| parse_net(s).unwrap()).collect()
 }
 
 /// The load balancer's subnet of these tests.
@@ -165,7 +159,7 @@ fn ipv6_and_ipv4_mapped_peers_and_blocks() {
     // Envoy on a dual-stack socket reports an IPv4 load balancer as
     // ::ffff:10.0.0.1; the filter reads it in canonical form (parse_addr), so an
     // IPv4 block matches it ...
-    let peer = alpn_upgrade_filter::client_addr::parse_addr("[::ffff:10.0.0.1]:443");
+    let peer = alpn_protocol::client_addr::parse_addr("[::ffff:10.0.0.1]:443");
     assert_eq!(peer, ip("10.0.0.1"));
     assert_eq!(
         derive(["203.0.113.7"], peer, 1, &nets(LB)),

@@ -14,7 +14,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use ipnet::IpNet;
+pub use ipnet::IpNet;
+use ipnet::Ipv4Net;
 
 /// Derives the client address.
 ///
@@ -52,6 +53,23 @@ pub fn derive<'a>(
     Some(client)
 }
 
+/// A CIDR block, or a bare address meaning that one host. An IPv4-mapped IPv6
+/// block (`::ffff:10.0.0.0/104`) becomes the IPv4 block, because addresses are
+/// compared in their canonical form (see [`parse_addr`]).
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let net = s
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))?;
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).ok().map(IpNet::V4),
+            None => Some(net),
+        },
+        _ => Some(net),
+    }
+}
+
 /// Parses an address as proxies write them: `1.2.3.4`, `1.2.3.4:5678`, `::1`,
 /// `[::1]`, `[::1]:443`. IPv4-mapped IPv6 addresses become IPv4.
 pub fn parse_addr(s: &str) -> Option<IpAddr> {
@@ -76,7 +94,7 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
-    #[test]
+    #[wasm_bindgen_test::wasm_bindgen_test(unsupported = test)]
     fn addresses_with_ports_and_brackets() {
         assert_eq!(parse_addr("1.2.3.4:80"), ip("1.2.3.4"));
         assert_eq!(parse_addr("[2001:db8::1]:443"), ip("2001:db8::1"));
