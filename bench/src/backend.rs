@@ -2,10 +2,12 @@
 //! own (`alpn-bench backend`), so that its descriptors and memory are not the
 //! bench client's: 10,000 idle tunnels need 10,000 descriptors on each side.
 //!
-//! It serves three ports:
+//! It serves four ports:
 //! - echo: every byte back, until EOF;
 //! - source: reads an 8-byte big-endian count, writes that many bytes, then
 //!   drains until EOF (a download through a tunnel);
+//! - sink: reads an 8-byte big-endian count and that many bytes, answers one
+//!   byte once they are all in, then drains until EOF (an upload through a tunnel);
 //! - http: HTTP/1.1 with keep-alive; `GET /bytes/N` answers N bytes, any other
 //!   path a short `ok` (the same download as plain HTTPS, and wrk's target).
 
@@ -20,18 +22,21 @@ use tokio::net::{TcpListener, TcpStream};
 /// The bytes every download is made of.
 static CHUNK: [u8; 64 * 1024] = [0x5a; 64 * 1024];
 
-/// Serves the three ports until the process is killed; prints
-/// `echo on ADDR`, `source on ADDR` and `http on ADDR` to stderr.
+/// Serves the four ports until the process is killed; prints `echo on ADDR`,
+/// `source on ADDR`, `sink on ADDR` and `http on ADDR` to stderr.
 pub async fn serve() -> io::Result<()> {
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let source = TcpListener::bind("127.0.0.1:0").await?;
+    let sink = TcpListener::bind("127.0.0.1:0").await?;
     let http = TcpListener::bind("127.0.0.1:0").await?;
     eprintln!("echo on {}", echo.local_addr()?);
     eprintln!("source on {}", source.local_addr()?);
+    eprintln!("sink on {}", sink.local_addr()?);
     eprintln!("http on {}", http.local_addr()?);
     tokio::try_join!(
         accept(echo, echo_conn),
         accept(source, source_conn),
+        accept(sink, sink_conn),
         accept(http, http_conn)
     )?;
     Ok(())
@@ -60,6 +65,17 @@ async fn source_conn(mut conn: TcpStream) -> io::Result<()> {
     let mut count = [0u8; 8];
     conn.read_exact(&mut count).await?;
     send(&mut conn, u64::from_be_bytes(count)).await?;
+    let mut scratch = [0u8; 1024];
+    while conn.read(&mut scratch).await? > 0 {}
+    Ok(())
+}
+
+async fn sink_conn(mut conn: TcpStream) -> io::Result<()> {
+    let mut count = [0u8; 8];
+    conn.read_exact(&mut count).await?;
+    crate::measure::read_exactly(&mut conn, u64::from_be_bytes(count)).await?;
+    // The one byte that tells the client the last of its bytes has arrived.
+    conn.write_all(&[1]).await?;
     let mut scratch = [0u8; 1024];
     while conn.read(&mut scratch).await? > 0 {}
     Ok(())
@@ -122,6 +138,8 @@ pub struct Backend {
     pub echo: SocketAddr,
     /// The download port.
     pub source: SocketAddr,
+    /// The upload port.
+    pub sink: SocketAddr,
     /// The HTTP port.
     pub http: SocketAddr,
     _process: Logged,
@@ -134,6 +152,7 @@ impl Backend {
         Backend {
             echo: process.address_after("echo on "),
             source: process.address_after("source on "),
+            sink: process.address_after("sink on "),
             http: process.address_after("http on "),
             _process: process,
         }

@@ -6,7 +6,8 @@
 //! The scenarios, numbered as in the benchmark issue: 1 the router's direct data
 //! path, 4 handshakes, 5 memory and 7 scaling against other TLS terminators
 //! (`direct`); 2 the full chain's throughput and 3 set-up latency (`chain`);
-//! 6 the filter's overhead, in requests/s and in Envoy's CPU per request (`filter`).
+//! 6 the filter's overhead, in requests/s and in Envoy's CPU per request (`filter`);
+//! 8 the WebSocket upload direction (masked) against download (`upload`).
 
 pub mod backend;
 pub mod chain;
@@ -15,6 +16,7 @@ pub mod filter;
 pub mod measure;
 pub mod peers;
 pub mod report;
+pub mod upload;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +50,9 @@ pub enum Group {
     Filter,
     /// Scenario 7: scaling over the number of tunnels.
     Scaling,
+    /// Scenario 8: WebSocket upload (masked) against download.
+    #[value(name = "websocket-upload")]
+    WebSocketUpload,
 }
 
 impl Settings {
@@ -73,7 +78,7 @@ impl Settings {
 }
 
 /// Runs every scenario (or the group `settings.only` names), in the order of
-/// the benchmark issue.
+/// the benchmark issue (the WebSocket upload beside the data path).
 pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
     let backend = Backend::start(&settings.bench_bin);
     let mut data_path = Vec::new();
@@ -82,6 +87,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
     }
     let handshakes = data_path.pop();
     let mut scenarios = data_path;
+    if settings.runs(Group::WebSocketUpload) {
+        scenarios.push(upload::websocket_upload(settings, &backend).await?);
+    }
     if settings.runs(Group::Chain) {
         eprintln!("measuring the full chain ...");
         let chain = chain::Chain::start(&backend, &settings.router_bin);

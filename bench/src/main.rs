@@ -28,7 +28,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the benchmark backend (echo, download and HTTP ports) until killed;
+    /// Serve the benchmark backend (echo, download, upload and HTTP ports) until killed;
     /// the bench starts it as a process of its own.
     Backend,
 }

@@ -1,4 +1,4 @@
-//! The measurements: bulk transfers, downloads, TLS handshakes per second, HTTP
+//! The measurements: bulk transfers, downloads and uploads, TLS handshakes per second, HTTP
 //! requests per second with wrk, latency percentiles, and a server's memory and
 //! CPU read from /proc. Each connection is driven from one task (both
 //! directions joined), as tunnel streams require.
@@ -117,6 +117,26 @@ pub async fn download<S: AsyncRead + AsyncWrite + Unpin>(
     stream.write_all(&bytes.to_be_bytes()).await?;
     stream.flush().await?;
     read_exactly(stream, bytes).await
+}
+
+/// Sends `bytes` to the upload backend through `stream` and waits for its one
+/// byte that says they have all arrived.
+pub async fn upload<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: u64,
+) -> io::Result<()> {
+    stream.write_all(&bytes.to_be_bytes()).await?;
+    let chunk = vec![0x5au8; 256 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stream.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    stream.flush().await?;
+    let mut done = [0u8; 1];
+    stream.read_exact(&mut done).await?;
+    Ok(())
 }
 
 /// Reads and discards exactly `bytes`.

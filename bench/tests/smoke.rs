@@ -22,6 +22,7 @@ async fn every_scenario_runs_and_reports() {
         [
             "data-path-1",
             "data-path-64",
+            "websocket-upload",
             "chain-throughput",
             "latency-p50",
             "latency-p99",
@@ -69,7 +70,7 @@ async fn every_scenario_runs_and_reports() {
             );
         }
     }
-    let scaling = &scenarios[10];
+    let scaling = &scenarios[11];
     assert_eq!(
         scaling.rows.iter().map(|r| r.label()).collect::<Vec<_>>(),
         [
@@ -99,6 +100,7 @@ async fn every_scenario_runs_and_reports() {
     let md = std::fs::read_to_string(dir.path().join("BENCHMARKS.md")).unwrap();
     for line in [
         "| Router data path, direct TLS, one tunnel | at least as fast as nginx stream | alpn-router |",
+        "| WebSocket upload (client to router, masked) against download, one tunnel | at least 0.9x the download figure | websocket, upload (client to router, masked) |",
         "| Full chain: download through nginx (as the ALB), Envoy + filter, router | at least 80% of plain HTTPS through the same chain | tunnel via nginx + Envoy, websocket |",
         "| Tunnel set-up latency, 99th percentile | no worse than 2x one HTTPS request | tunnel via nginx + Envoy, alpn-ping |",
         "| alpn-router, 16 tunnels |",
@@ -114,6 +116,6 @@ async fn every_scenario_runs_and_reports() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("latest.json")).unwrap())
             .unwrap();
-    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(12));
-    assert_eq!(json["scenarios"][10]["rows"][2]["group"], "16 tunnels");
+    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(13));
+    assert_eq!(json["scenarios"][11]["rows"][2]["group"], "16 tunnels");
 }
