@@ -7,8 +7,8 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_router::client::{Client, Options, Path, ServerUrl, UpgradeMode};
-use alpn_router::framing::{Framing, Subprotocol};
 use alpn_router::tls::client_config;
 use alpn_router::tunnel::Io;
 use integration_tests::envoy::{Bootstrap, Envoy};

@@ -8,8 +8,8 @@
 
 use std::time::Instant;
 
+use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_router::client::{Client, Options, Path, ServerUrl, UpgradeMode};
-use alpn_router::framing::{Framing, Subprotocol};
 use alpn_router::tunnel::Io;
 use tokio::io::AsyncWriteExt;
 

@@ -3,8 +3,8 @@
 //! (PROTOCOL.md sections 2 to 5 and 7).
 //!
 //! - [`config`]: the TOML file, validated at load; [`client`]: the client end.
-//! - [`upgrade`]: the HTTP upgrade handshake, server and client side.
-//! - [`framing`]: `alpn`, `alpn-ping` and WebSocket framing.
+//! - [`upgrade`]: the server's side of the HTTP upgrade handshake (the
+//!   protocol, its framings and the client's side are in `alpn-protocol`).
 //! - [`tls`]: the inner TLS, the route chosen from the ClientHello ([`route`]).
 //! - [`tunnel`]: dialing the backend (with [`proxy_protocol`]) and the pipe,
 //!   whose two directions [`copy`] carries.
@@ -18,7 +18,6 @@ pub mod config;
 pub mod copy;
 pub mod cutoffs;
 pub mod descriptors;
-pub mod framing;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod route;

@@ -26,11 +26,12 @@ use crate::admission::{ClientPlace, Places};
 use crate::config::{Config, Route};
 use crate::cutoffs::{self, Cutoffs};
 use crate::descriptors::REFUSALS_IN_FLIGHT;
-use crate::framing::{Framed, Role};
 use crate::metrics::Metrics;
 use crate::tls::{self, InnerTls};
-use crate::tunnel::{self, Ending, Finish, Io, Quiet};
+use crate::tunnel::{self, Io, Quiet};
 use crate::upgrade::{self, UpgradeError};
+use alpn_protocol::framing::{Ending, Finish};
+use alpn_protocol::framing::{Framed, Role};
 
 /// Everything connections need from one configuration load.
 pub struct Generation {

@@ -7,7 +7,6 @@
 //! waits for the peer, so that no close turns its late bytes into a reset.
 
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,8 +15,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use alpn_protocol::framing::{discard_until_end, Ending, Finish};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -120,41 +120,6 @@ pub const LINGER: Duration = Duration::from_secs(2);
 pub async fn linger(mut socket: TcpStream) {
     let _ = socket.shutdown().await;
     let _ = tokio::time::timeout(LINGER, discard_until_end(&mut socket, 1 << 20)).await;
-}
-
-/// Reads and discards until the peer ends its side (EOF, or an error), or
-/// `limit` bytes were discarded.
-pub async fn discard_until_end<S: AsyncRead + Unpin + ?Sized>(stream: &mut S, limit: u64) {
-    let mut scratch = [0u8; 4096];
-    let mut total = 0u64;
-    while total < limit {
-        match stream.read(&mut scratch).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n as u64,
-        }
-    }
-}
-
-/// How a tunnel ended, as the client is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// The backend ended cleanly (or the router closed a quiet tunnel): TLS
-    /// `close_notify`, WebSocket Close 1000.
-    Clean,
-    /// The backend failed (reset, refused, unreachable) or a read or write
-    /// failed: no `close_notify`, WebSocket Close 1011, so the client sees a
-    /// truncation rather than a clean end.
-    Failed,
-}
-
-/// The end of an outer connection once the inner TLS is over.
-pub trait Finish: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Tells the peer how the tunnel ended where the framing can (a WebSocket
-    /// Close; after a failure, the end of the stream at once), then reads and
-    /// discards until the peer ends its side, at most `deadline`. Closing before
-    /// that would turn what the peer still sends (a Pong, a ping, its Close) into
-    /// a reset that destroys data it has not read yet.
-    fn finish(&mut self, ending: Ending, deadline: Duration) -> impl Future<Output = ()> + Send;
 }
 
 /// The most a closing connection discards while it waits for the peer.

@@ -7,21 +7,18 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use alpn_protocol::client_addr::parse_addr;
+use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_protocol::names::Names;
 use alpn_protocol::request::Request;
 use alpn_protocol::validate::{validate, Refusal, Verdict};
-use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::framing::{Framing, Subprotocol};
-
 /// The largest request head the router reads.
-pub const MAX_HEAD: usize = 16 * 1024;
+pub use alpn_protocol::handshake::MAX_HEAD;
 /// The most header lines in a request head.
-const MAX_HEADERS: usize = 64;
+use alpn_protocol::handshake::MAX_HEADERS;
 
 pub use alpn_protocol::websocket::accept_key;
 
@@ -279,210 +276,10 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// The WebSocket subprotocols a client asks for `framing`, in order of
-/// preference: `websocket` offers `alpn-ping` before `alpn` (a pinged tunnel
-/// survives idle timeouts; the server picks the first it allows),
-/// `websocket-ping` offers only `alpn-ping`. Empty for the other framings.
-pub fn offered_subprotocols(framing: Framing) -> &'static [Subprotocol] {
-    match framing {
-        Framing::WebSocket(Subprotocol::Alpn) => &[Subprotocol::AlpnPing, Subprotocol::Alpn],
-        Framing::WebSocket(Subprotocol::AlpnPing) => &[Subprotocol::AlpnPing],
-        Framing::Alpn | Framing::AlpnPing => &[],
-    }
-}
-
-/// The client's side: the request for `framing` to `host` on `path`, and the
-/// WebSocket key it carries (to check the answer with). A WebSocket request
-/// offers [`offered_subprotocols`].
-pub fn client_request(framing: Framing, host: &str, path: &str) -> (String, Option<String>) {
-    let token = framing.upgrade_token();
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {token}\r\nX-Alpn-Upgrade: {token}\r\n"
-    );
-    let mut key = None;
-    if let Framing::WebSocket(_) = framing {
-        let mut raw = [0u8; 16];
-        // A predictable key only weakens a cache-poisoning defence meant for
-        // browsers; still, use the system's randomness when it is there.
-        let _ = getrandom::fill(&mut raw);
-        let k = base64::engine::general_purpose::STANDARD.encode(raw);
-        let offered: Vec<&str> = offered_subprotocols(framing)
-            .iter()
-            .map(|s| s.token())
-            .collect();
-        req.push_str(&format!(
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Protocol: {}\r\n",
-            offered.join(", ")
-        ));
-        key = Some(k);
-    }
-    req.push_str("\r\n");
-    (req, key)
-}
-
-/// What the server answered instead of switching protocols.
-#[derive(Debug, thiserror::Error)]
-pub enum AnswerError {
-    /// A status other than 101, with the body's first line.
-    #[error("the server answered {status}: {reason}")]
-    Status {
-        /// The status.
-        status: u16,
-        /// The reason from the body (PROTOCOL.md's text/plain line), or the reason phrase.
-        reason: String,
-    },
-    /// A 101 that does not match the request.
-    #[error("the server switched protocols wrongly: {0}")]
-    BadSwitch(String),
-    /// The answer was not HTTP or too large.
-    #[error("not an HTTP answer: {0}")]
-    Malformed(String),
-    /// Reading failed or the connection closed.
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// How long a refusal's body may take to arrive after its head: a server whose
-/// `Content-Length` promises more than it sends must not hide its status.
-pub const REFUSAL_BODY_WAIT: Duration = Duration::from_secs(1);
-
-/// A 101 that matches the request.
-#[derive(Debug)]
-pub struct Switched {
-    /// The framing in use: for WebSocket, with the subprotocol the server chose.
-    pub framing: Framing,
-    /// Bytes after the head: the start of the framed stream.
-    pub leftover: Vec<u8>,
-}
-
-/// Reads the answer to `client_request`; on a 101, returns the bytes after the head.
-pub async fn read_answer<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    framing: Framing,
-    key: Option<&str>,
-) -> Result<Vec<u8>, AnswerError> {
-    read_switch(stream, framing, key).await.map(|s| s.leftover)
-}
-
-/// Reads the answer to `client_request`; on a 101, returns the framing in use
-/// (a WebSocket server may choose any subprotocol offered) and the bytes after
-/// the head. A refusal's body is awaited for at most [`REFUSAL_BODY_WAIT`].
-pub async fn read_switch<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    framing: Framing,
-    key: Option<&str>,
-) -> Result<Switched, AnswerError> {
-    let mut buf = Vec::with_capacity(512);
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp
-            .parse(&buf)
-            .map_err(|e| AnswerError::Malformed(e.to_string()))?
-        {
-            httparse::Status::Complete(n) => {
-                let status = resp.code.unwrap_or(0);
-                let find = |name: &str| {
-                    resp.headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-                };
-                if status != 101 {
-                    let len: usize = find("content-length")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0)
-                        .min(4096);
-                    let mut body = buf[n..].to_vec();
-                    // What arrives of the body in time; the status stands either way.
-                    let _ = tokio::time::timeout(REFUSAL_BODY_WAIT, async {
-                        while body.len() < len {
-                            let mut chunk = [0u8; 1024];
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => body.extend_from_slice(&chunk[..k]),
-                            }
-                        }
-                    })
-                    .await;
-                    let text = String::from_utf8_lossy(&body[..body.len().min(len)])
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
-                    let reason = if text.is_empty() {
-                        resp.reason.unwrap_or("").to_string()
-                    } else {
-                        text
-                    };
-                    return Err(AnswerError::Status { status, reason });
-                }
-                let upgrade = find("upgrade").unwrap_or_default();
-                if !upgrade.eq_ignore_ascii_case(framing.upgrade_token()) {
-                    return Err(AnswerError::BadSwitch(format!(
-                        "asked for {}, got Upgrade: {upgrade:?}",
-                        framing.upgrade_token()
-                    )));
-                }
-                let mut in_use = framing;
-                if let Framing::WebSocket(_) = framing {
-                    if let Some(key) = key {
-                        if find("sec-websocket-accept").as_deref() != Some(accept_key(key).as_str())
-                        {
-                            return Err(AnswerError::BadSwitch(
-                                "wrong Sec-WebSocket-Accept".into(),
-                            ));
-                        }
-                    }
-                    let offered = offered_subprotocols(framing);
-                    let chosen = find("sec-websocket-protocol").unwrap_or_default();
-                    let Some(sub) = offered
-                        .iter()
-                        .find(|s| s.token().eq_ignore_ascii_case(&chosen))
-                    else {
-                        let tokens: Vec<&str> = offered.iter().map(|s| s.token()).collect();
-                        return Err(AnswerError::BadSwitch(format!(
-                            "subprotocol {chosen:?}, not one offered ({})",
-                            tokens.join(", ")
-                        )));
-                    };
-                    in_use = Framing::WebSocket(*sub);
-                }
-                return Ok(Switched {
-                    framing: in_use,
-                    leftover: buf[n..].to_vec(),
-                });
-            }
-            httparse::Status::Partial if buf.len() >= MAX_HEAD => {
-                return Err(AnswerError::Malformed(format!(
-                    "answer head larger than {MAX_HEAD} bytes"
-                )));
-            }
-            httparse::Status::Partial => {}
-        }
-        let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(AnswerError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed before answering the upgrade",
-            )));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_accept_key_of_rfc_6455() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
+    use alpn_protocol::handshake::{client_request, read_answer, read_switch, AnswerError};
 
     async fn exchange(request: &[u8]) -> (Result<Accepted, UpgradeError>, String) {
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
@@ -526,80 +323,6 @@ mod tests {
             assert_eq!(switched.framing, in_use, "the client names what is in use");
             assert!(switched.leftover.is_empty());
         }
-    }
-
-    #[test]
-    fn websocket_offers_alpn_ping_first() {
-        for (framing, offered) in [
-            (
-                Framing::WebSocket(Subprotocol::Alpn),
-                "Sec-WebSocket-Protocol: alpn-ping, alpn\r\n",
-            ),
-            (
-                Framing::WebSocket(Subprotocol::AlpnPing),
-                "Sec-WebSocket-Protocol: alpn-ping\r\n",
-            ),
-        ] {
-            let (req, _) = client_request(framing, "h", "/connectionupgrade");
-            assert!(req.contains(offered), "{req}");
-        }
-    }
-
-    /// A 101 for `key` choosing `subprotocol`.
-    fn websocket_switch(key: &str, subprotocol: &str) -> String {
-        format!(
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n",
-            accept_key(key)
-        )
-    }
-
-    #[tokio::test]
-    async fn the_client_accepts_any_subprotocol_it_offered_and_no_other() {
-        let ws = Framing::WebSocket(Subprotocol::Alpn);
-        let ws_ping = Framing::WebSocket(Subprotocol::AlpnPing);
-        for (asked, chosen, in_use) in [
-            (ws, "alpn", Some(ws)),
-            (ws, "ALPN-PING", Some(ws_ping)),
-            (ws_ping, "alpn-ping", Some(ws_ping)),
-            (ws_ping, "alpn", None),
-            (ws, "chat", None),
-        ] {
-            let (_, key) = client_request(asked, "h", "/connectionupgrade");
-            let key = key.unwrap();
-            let answer = websocket_switch(&key, chosen);
-            let mut reader = answer.as_bytes();
-            let got = read_switch(&mut reader, asked, Some(&key)).await;
-            match (got, in_use) {
-                (Ok(s), Some(f)) => assert_eq!(s.framing, f, "{chosen}"),
-                (Err(AnswerError::BadSwitch(why)), None) => {
-                    assert!(why.contains("not one offered"), "{why}")
-                }
-                (other, _) => panic!("{asked:?} answered {chosen}: {other:?}"),
-            }
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_refusal_with_a_short_body_keeps_its_status() {
-        // Content-Length promises 100 bytes; 14 arrive and the connection stays open.
-        let (mut server, mut client) = tokio::io::duplex(4096);
-        server
-            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\npartial reason")
-            .await
-            .unwrap();
-        let answer = tokio::time::timeout(
-            Duration::from_secs(5),
-            read_switch(&mut client, Framing::Alpn, None),
-        )
-        .await
-        .expect("the status is reported without waiting for the whole body");
-        match answer {
-            Err(AnswerError::Status { status, reason }) => {
-                assert_eq!((status, reason.as_str()), (403, "partial reason"))
-            }
-            other => panic!("{other:?}"),
-        }
-        drop(server);
     }
 
     #[tokio::test]

@@ -6,14 +6,14 @@
 
 mod support;
 
+use alpn_protocol::handshake;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_router::client;
-use alpn_router::framing::{Framing, Subprotocol};
 use alpn_router::tls::client_config;
-use alpn_router::upgrade;
 use support::{backend, config, echo, http_get, tunnel, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -29,7 +29,7 @@ fn raw_upgrade(addr: SocketAddr, client: Option<&str>) -> (String, TcpStream) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let (request, _) =
-        upgrade::client_request(Framing::AlpnPing, "router.test", "/connectionupgrade");
+        handshake::client_request(Framing::AlpnPing, "router.test", "/connectionupgrade");
     let request = match client {
         Some(c) => request.replacen(
             "\r\n\r\n",

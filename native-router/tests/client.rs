@@ -9,8 +9,8 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_router::client::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
-use alpn_router::framing::{Framing, Subprotocol};
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;

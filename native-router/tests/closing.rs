@@ -9,8 +9,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_router::client::{Client, Options, ServerUrl, UpgradeMode};
-use alpn_router::framing::{Framing, Subprotocol};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alpn_protocol::framing::{Framed, Framing, Role, Subprotocol};
 use alpn_router::client::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
-use alpn_router::framing::{Framed, Framing, Role, Subprotocol};
 use alpn_router::tunnel::Io;
 use alpn_router::upgrade;
 use integration_tests::envoy::{Bootstrap, Envoy};

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_router::client::{Client, Options, ServerUrl, Timeouts, UpgradeMode};
-use alpn_router::framing::{Framing, Subprotocol};
 use alpn_router::proxy_protocol;
 use integration_tests::databases::{Postgres, Redis};
 use integration_tests::envoy::{Bootstrap, Envoy};

@@ -2,14 +2,15 @@
 
 mod support;
 
+use alpn_protocol::handshake;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Mutex;
 
-use alpn_router::framing::{Framed, Framing, Role, Subprotocol};
+use alpn_protocol::framing::{Framed, Framing, Role, Subprotocol};
+use alpn_router::client;
 use alpn_router::proxy_protocol;
 use alpn_router::tls::client_config;
-use alpn_router::{client, upgrade};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
 use support::{
@@ -233,7 +234,7 @@ async fn upgrade_as_envoy(pki: &Pki, router: &RouterProcess, client_addr: &str) 
         "GET /connectionupgrade HTTP/1.1\r\nHost: r\r\nConnection: Upgrade\r\nUpgrade: alpn\r\nX-Alpn-Client-Addr: {client_addr}\r\n\r\n"
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
-    let leftover = upgrade::read_answer(&mut tcp, Framing::Alpn, None)
+    let leftover = handshake::read_answer(&mut tcp, Framing::Alpn, None)
         .await
         .unwrap();
     let framed = Framed::new(
@@ -379,13 +380,13 @@ async fn malformed_frames_close_the_tunnel_cleanly() {
     let mut tcp = tokio::net::TcpStream::connect(router.upgrade)
         .await
         .unwrap();
-    let (req, key) = upgrade::client_request(
+    let (req, key) = handshake::client_request(
         Framing::WebSocket(Subprotocol::Alpn),
         "r",
         "/connectionupgrade",
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
-    let leftover = upgrade::read_answer(
+    let leftover = handshake::read_answer(
         &mut tcp,
         Framing::WebSocket(Subprotocol::Alpn),
         key.as_deref(),
@@ -412,9 +413,9 @@ async fn malformed_frames_close_the_tunnel_cleanly() {
     let mut tcp = tokio::net::TcpStream::connect(router.upgrade)
         .await
         .unwrap();
-    let (req, _) = upgrade::client_request(Framing::AlpnPing, "r", "/connectionupgrade");
+    let (req, _) = handshake::client_request(Framing::AlpnPing, "r", "/connectionupgrade");
     tcp.write_all(req.as_bytes()).await.unwrap();
-    upgrade::read_answer(&mut tcp, Framing::AlpnPing, None)
+    handshake::read_answer(&mut tcp, Framing::AlpnPing, None)
         .await
         .unwrap();
     tcp.write_all(b"\0\0\x01\0\x16\x03").await.unwrap();

@@ -9,8 +9,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_router::client;
-use alpn_router::framing::{Framing, Subprotocol};
 use alpn_router::proxy_protocol;
 use alpn_router::tls::client_config;
 use integration_tests::envoy::{Bootstrap, Envoy};
@@ -23,15 +23,15 @@ use tokio::time::timeout;
 /// inner TLS handshake for ALPN `postgresql` and checks an echo.
 async fn tunnel_and_echo(mut tcp: TcpStream, framing: Framing, xff: &str, pki: &Pki) {
     let (request, key) =
-        alpn_router::upgrade::client_request(framing, "tunnel.example", "/connectionupgrade");
+        alpn_protocol::handshake::client_request(framing, "tunnel.example", "/connectionupgrade");
     let request = request.replace("\r\n\r\n", &format!("\r\nX-Forwarded-For: {xff}\r\n\r\n"));
     tcp.write_all(request.as_bytes()).await.unwrap();
-    let leftover = alpn_router::upgrade::read_answer(&mut tcp, framing, key.as_deref())
+    let leftover = alpn_protocol::handshake::read_answer(&mut tcp, framing, key.as_deref())
         .await
         .unwrap();
-    let framed = alpn_router::framing::Framed::new(
+    let framed = alpn_protocol::framing::Framed::new(
         framing,
-        alpn_router::framing::Role::Client,
+        alpn_protocol::framing::Role::Client,
         tcp,
         leftover,
         Duration::from_secs(30),

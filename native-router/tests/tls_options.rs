@@ -7,8 +7,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alpn_protocol::framing::Framing;
 use alpn_router::client;
-use alpn_router::framing::Framing;
 use alpn_router::tls::{client_config, provider};
 use rustls::pki_types::ServerName;
 use support::{

@@ -8,8 +8,16 @@
 //!   reason), as sections 2 and 3 say.
 //! - [`client_addr`]: the client address of section 7 and the CIDR rules.
 //! - [`websocket`]: the accept key, frame headers, masking and Close codes.
+//! - [`framing`]: which framing a tunnel uses; with the `tokio` feature, the
+//!   framings as streams (shared by the router and the client), and how a
+//!   tunnel's outer connection ends.
+//! - `handshake` (feature `tokio`): the client's upgrade request and the check
+//!   of the answer.
 
 pub mod client_addr;
+pub mod framing;
+#[cfg(feature = "tokio")]
+pub mod handshake;
 pub mod names;
 pub mod request;
 pub mod validate;

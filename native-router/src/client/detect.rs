@@ -15,7 +15,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::time::timeout;
 
 use super::{roots, Client, ClientError, DEFAULT_FRAMING};
-use crate::framing::Framing;
+use alpn_protocol::framing::Framing;
 
 /// How a tunnel reaches the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

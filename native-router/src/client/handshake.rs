@@ -10,8 +10,8 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 
-use crate::framing::{Framed, Framing, Role};
-use crate::upgrade::{self, AnswerError};
+use alpn_protocol::framing::{Framed, Framing, Role};
+use alpn_protocol::handshake::{self as upgrade, AnswerError};
 
 /// Sends the upgrade request for `framing` on `stream` and returns the stream in
 /// the framing the server switched to ([`Framed::framing`]: for `websocket`,

@@ -19,10 +19,10 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::config::CertKey;
-use crate::framing::{Framing, Subprotocol};
 use crate::tls::client_config;
 use crate::tunnel::Io;
-use crate::upgrade::AnswerError;
+use alpn_protocol::framing::{Framing, Subprotocol};
+use alpn_protocol::handshake::AnswerError;
 
 pub use detect::Path;
 pub use handshake::{inner_tls, upgrade};
@@ -512,7 +512,7 @@ impl Client {
         &self,
         stream: S,
         framing: Framing,
-    ) -> Result<crate::framing::Framed<S>, ClientError> {
+    ) -> Result<alpn_protocol::framing::Framed<S>, ClientError> {
         let t = self.options.timeouts.upgrade;
         let host = self.server.authority();
         timeout(

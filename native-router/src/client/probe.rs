@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::detect::{test_handshake, Finding};
 use super::{Client, ClientError, Path, PathChoice, UpgradeMode, DEFAULT_FRAMING};
-use crate::framing::{Framing, Subprotocol};
+use alpn_protocol::framing::{Framing, Subprotocol};
 
 /// One step of the probe.
 #[derive(Debug)]

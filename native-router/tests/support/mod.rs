@@ -14,9 +14,9 @@ pub use integration_tests::process::Logged;
 use std::thread;
 use std::time::Duration;
 
+use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_router::client;
 use alpn_router::config::CertKey;
-use alpn_router::framing::{Framing, Subprotocol};
 use alpn_router::tls::client_config;
 use alpn_router::tunnel::Io;
 use integration_tests::tls::{self, ca};

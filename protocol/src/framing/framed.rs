@@ -1,111 +1,48 @@
-//! The framings of PROTOCOL.md section 4, each a stream type that the inner TLS
-//! runs on: [`Framed`] is raw bytes for `alpn`, [`AlpnPingStream`] for
-//! `alpn-ping`, [`WebSocketStream`] for `websocket`. The router uses them as the
-//! server, `alpn-tunnel` as the client.
-//!
-//! Each is driven by one task (the tunnel's copy loop polls reads and writes from
-//! the same task); pings are sent from `poll_read`, which that loop always has
-//! pending, so a quiet tunnel is still pinged.
+//! [`Framed`]: an upgraded stream in its framing, the ping timer, and how a
+//! tunnel's outer connection ends ([`Finish`]).
 
-pub mod alpn_ping;
-pub mod websocket;
-
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use crate::tunnel::{Ending, Finish};
+use super::{websocket, AlpnPingStream, Framing, Role, WebSocketStream};
 
-pub use alpn_ping::AlpnPingStream;
-pub use websocket::WebSocketStream;
-
-/// Which end of the tunnel a framing runs at (WebSocket masks client frames).
+/// How a tunnel ended, as the client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// `alpn-tunnel`.
-    Client,
-    /// The router.
-    Server,
+pub enum Ending {
+    /// The backend ended cleanly (or the router closed a quiet tunnel): TLS
+    /// `close_notify`, WebSocket Close 1000.
+    Clean,
+    /// The backend failed (reset, refused, unreachable) or a read or write
+    /// failed: no `close_notify`, WebSocket Close 1011, so the client sees a
+    /// truncation rather than a clean end.
+    Failed,
 }
 
-/// The WebSocket subprotocols of PROTOCOL.md section 2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subprotocol {
-    /// Plain: pings are answered, not sent.
-    Alpn,
-    /// The server sends a WebSocket Ping every ping interval.
-    AlpnPing,
+/// The end of an outer connection once the inner TLS is over.
+pub trait Finish: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Tells the peer how the tunnel ended where the framing can (a WebSocket
+    /// Close; after a failure, the end of the stream at once), then reads and
+    /// discards until the peer ends its side, at most `deadline`. Closing before
+    /// that would turn what the peer still sends (a Pong, a ping, its Close) into
+    /// a reset that destroys data it has not read yet.
+    fn finish(&mut self, ending: Ending, deadline: Duration) -> impl Future<Output = ()> + Send;
 }
 
-impl Subprotocol {
-    /// The token in `Sec-WebSocket-Protocol`.
-    pub fn token(self) -> &'static str {
-        match self {
-            Subprotocol::Alpn => "alpn",
-            Subprotocol::AlpnPing => "alpn-ping",
-        }
-    }
-
-    /// The subprotocol a token names (case-insensitive).
-    pub fn from_token(token: &str) -> Option<Subprotocol> {
-        [Subprotocol::Alpn, Subprotocol::AlpnPing]
-            .into_iter()
-            .find(|s| s.token().eq_ignore_ascii_case(token))
-    }
-}
-
-/// How an upgraded stream is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// `Upgrade: alpn`: raw bytes.
-    Alpn,
-    /// `Upgrade: alpn-ping`: length-prefixed frames, zero-length ones are pings.
-    AlpnPing,
-    /// `Upgrade: websocket` with a subprotocol.
-    WebSocket(Subprotocol),
-}
-
-impl Framing {
-    /// The `Upgrade` token.
-    pub fn upgrade_token(self) -> &'static str {
-        match self {
-            Framing::Alpn => "alpn",
-            Framing::AlpnPing => "alpn-ping",
-            Framing::WebSocket(_) => "websocket",
-        }
-    }
-
-    /// The name used in logs and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Framing::Alpn => "alpn",
-            Framing::AlpnPing => "alpn-ping",
-            Framing::WebSocket(Subprotocol::Alpn) => "websocket",
-            Framing::WebSocket(Subprotocol::AlpnPing) => "websocket-ping",
-        }
-    }
-
-    /// Whether the server sends pings: on `alpn-ping` and on WebSocket with
-    /// subprotocol `alpn-ping` (PROTOCOL.md section 4).
-    pub fn pings(self) -> bool {
-        matches!(
-            self,
-            Framing::AlpnPing | Framing::WebSocket(Subprotocol::AlpnPing)
-        )
-    }
-
-    /// Whether `role` sends pings in this framing: the server where
-    /// [`Framing::pings`] says so, the client whenever the framing can carry a
-    /// ping (all but raw `alpn`), so that a quiet tunnel survives idle timeouts
-    /// even when the server does not ping.
-    pub fn pings_as(self, role: Role) -> bool {
-        match role {
-            Role::Server => self.pings(),
-            Role::Client => self != Framing::Alpn,
+/// Reads and discards until the peer ends its side (EOF, or an error), or
+/// `limit` bytes were discarded.
+pub async fn discard_until_end<S: AsyncRead + Unpin + ?Sized>(stream: &mut S, limit: u64) {
+    let mut scratch = [0u8; 4096];
+    let mut total = 0u64;
+    while total < limit {
+        match stream.read(&mut scratch).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
         }
     }
 }
@@ -221,7 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Finish for Framed<S> {
                 Kind::Raw(_) | Kind::AlpnPing(_) => {}
             }
             // Reads through the framing until the peer's Close or EOF.
-            crate::tunnel::discard_until_end(self, DISCARD_LIMIT).await;
+            discard_until_end(self, DISCARD_LIMIT).await;
         };
         let _ = tokio::time::timeout(deadline, wait).await;
     }
@@ -429,6 +366,7 @@ pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::Subprotocol;
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio::time::timeout;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{poll_fill, poll_read_limited, Pinger, Role};
 
-pub(crate) use alpn_protocol::websocket::{
+pub(crate) use crate::websocket::{
     apply_mask, close_code_allowed, encode_header, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_PAYLOAD,
     CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED_DATA, FIN, MASKED, MAX_CONTROL,
     MAX_HEADER, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,

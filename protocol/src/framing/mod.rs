@@ -1,0 +1,112 @@
+//! The framings of PROTOCOL.md section 4: which one ([`Framing`]) and, with the
+//! `tokio` feature, each as a stream type that the inner TLS runs on: `Framed`
+//! is raw bytes for `alpn`, `AlpnPingStream` for `alpn-ping`, `WebSocketStream`
+//! for `websocket`, and `Finish` ends a tunnel as the protocol says. The router
+//! uses them as the server, `alpn-tunnel` as the client.
+//!
+//! Each is driven by one task (the tunnel's copy loop polls reads and writes from
+//! the same task); pings are sent from `poll_read`, which that loop always has
+//! pending, so a quiet tunnel is still pinged.
+
+#[cfg(feature = "tokio")]
+pub mod alpn_ping;
+#[cfg(feature = "tokio")]
+mod framed;
+#[cfg(feature = "tokio")]
+pub mod websocket;
+
+#[cfg(feature = "tokio")]
+pub use alpn_ping::AlpnPingStream;
+#[cfg(feature = "tokio")]
+pub use framed::{discard_until_end, Ending, Finish, Framed, Prefixed};
+#[cfg(feature = "tokio")]
+pub(crate) use framed::{poll_fill, poll_read_limited, Pinger};
+#[cfg(feature = "tokio")]
+pub use websocket::WebSocketStream;
+
+/// Which end of the tunnel a framing runs at (WebSocket masks client frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `alpn-tunnel`.
+    Client,
+    /// The router.
+    Server,
+}
+
+/// The WebSocket subprotocols of PROTOCOL.md section 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subprotocol {
+    /// Plain: pings are answered, not sent.
+    Alpn,
+    /// The server sends a WebSocket Ping every ping interval.
+    AlpnPing,
+}
+
+impl Subprotocol {
+    /// The token in `Sec-WebSocket-Protocol`.
+    pub fn token(self) -> &'static str {
+        match self {
+            Subprotocol::Alpn => "alpn",
+            Subprotocol::AlpnPing => "alpn-ping",
+        }
+    }
+
+    /// The subprotocol a token names (case-insensitive).
+    pub fn from_token(token: &str) -> Option<Subprotocol> {
+        [Subprotocol::Alpn, Subprotocol::AlpnPing]
+            .into_iter()
+            .find(|s| s.token().eq_ignore_ascii_case(token))
+    }
+}
+
+/// How an upgraded stream is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Upgrade: alpn`: raw bytes.
+    Alpn,
+    /// `Upgrade: alpn-ping`: length-prefixed frames, zero-length ones are pings.
+    AlpnPing,
+    /// `Upgrade: websocket` with a subprotocol.
+    WebSocket(Subprotocol),
+}
+
+impl Framing {
+    /// The `Upgrade` token.
+    pub fn upgrade_token(self) -> &'static str {
+        match self {
+            Framing::Alpn => "alpn",
+            Framing::AlpnPing => "alpn-ping",
+            Framing::WebSocket(_) => "websocket",
+        }
+    }
+
+    /// The name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Framing::Alpn => "alpn",
+            Framing::AlpnPing => "alpn-ping",
+            Framing::WebSocket(Subprotocol::Alpn) => "websocket",
+            Framing::WebSocket(Subprotocol::AlpnPing) => "websocket-ping",
+        }
+    }
+
+    /// Whether the server sends pings: on `alpn-ping` and on WebSocket with
+    /// subprotocol `alpn-ping` (PROTOCOL.md section 4).
+    pub fn pings(self) -> bool {
+        matches!(
+            self,
+            Framing::AlpnPing | Framing::WebSocket(Subprotocol::AlpnPing)
+        )
+    }
+
+    /// Whether `role` sends pings in this framing: the server where
+    /// [`Framing::pings`] says so, the client whenever the framing can carry a
+    /// ping (all but raw `alpn`), so that a quiet tunnel survives idle timeouts
+    /// even when the server does not ping.
+    pub fn pings_as(self, role: Role) -> bool {
+        match role {
+            Role::Server => self.pings(),
+            Role::Client => self != Framing::Alpn,
+        }
+    }
+}
