@@ -2,6 +2,9 @@
 //! cap (a full cap is answered at once), answer the upgrade (upgrade listener),
 //! run the inner TLS, dial the route's backend and pipe, end the outer
 //! connection as the tunnel ended, then log one line saying what happened.
+//! Each connection runs in a `conn` span that carries its facts (id, peer,
+//! listener, client address, framing, SNI, ALPN, route) as they become known,
+//! so every line it logs names them.
 //!
 //! A configuration load is a [`Generation`]; a reload swaps it, and each
 //! connection keeps the generation it started with, so live tunnels are not
@@ -16,11 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use log::{debug, info, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{timeout, Instant};
+use tracing::{debug, field, info, warn, Instrument as _, Span};
 
 use crate::admission::{ClientPlace, Places};
 use crate::config::{Config, Route};
@@ -326,12 +329,16 @@ async fn accept_loop(
             None
         };
         let router = router.clone();
-        tokio::spawn(async move {
-            // The lingering close happens when the connection code drops the
-            // socket; the place under the cap is held until it is over.
-            let socket = tunnel::Lingering::new(socket, Some(place));
-            connection(&router, kind, socket, peer, client_place).await;
-        });
+        let span = conn_span(&router, kind, peer);
+        tokio::spawn(
+            async move {
+                // The lingering close happens when the connection code drops the
+                // socket; the place under the cap is held until it is over.
+                let socket = tunnel::Lingering::new(socket, Some(place));
+                connection(&router, kind, socket, peer, client_place).await;
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -366,11 +373,10 @@ fn turn_away(router: &Arc<Router>, kind: Kind, socket: TcpStream, peer: SocketAd
         ),
     };
     router.metrics.turned_away(kind.name(), label);
-    router.cutoffs.report(label, || {
-        format!(
-            "peer={peer} listener={}: turned away: {reason}",
-            kind.name()
-        )
+    tracing::error_span!("conn", peer = %peer, listener = %kind.name()).in_scope(|| {
+        router
+            .cutoffs
+            .report(label, || format!("turned away: {reason}"))
     });
     if kind == Kind::Direct {
         return; // A close: TLS has no way to say why.
@@ -405,28 +411,34 @@ fn trusted(generation: &Generation, peer: SocketAddr) -> bool {
     })
 }
 
-/// What one connection's log line reports.
+/// The span of one connection. It is at ERROR level so that it is enabled
+/// whenever any of its lines is: a warning logged under `RUST_LOG=warn` still
+/// names its connection. The empty fields are recorded as they become known.
+fn conn_span(router: &Router, kind: Kind, peer: SocketAddr) -> Span {
+    tracing::error_span!(
+        "conn",
+        id = router.next_id.fetch_add(1, Ordering::Relaxed),
+        peer = %peer,
+        listener = %kind.name(),
+        client = field::Empty,
+        framing = field::Empty,
+        sni = field::Empty,
+        alpn = field::Empty,
+        route = field::Empty,
+    )
+}
+
+/// Records a fact of the current connection in its span.
+fn note(name: &str, value: impl std::fmt::Display) {
+    Span::current().record(name, field::display(value));
+}
+
+/// What the connection code needs to know about its connection.
 struct Conn {
-    id: u64,
     kind: Kind,
-    peer: SocketAddr,
     local: SocketAddr,
     client: SocketAddr,
     framing: &'static str,
-}
-
-impl Conn {
-    /// The start of the connection's log lines.
-    fn prefix(&self) -> String {
-        format!(
-            "conn {} peer={} client={} listener={} framing={}",
-            self.id,
-            self.peer,
-            self.client,
-            self.kind.name(),
-            self.framing
-        )
-    }
 }
 
 async fn connection(
@@ -436,24 +448,22 @@ async fn connection(
     peer: SocketAddr,
     mut client_place: Option<ClientPlace>,
 ) {
-    let id = router.next_id.fetch_add(1, Ordering::Relaxed);
     let generation = router.generation();
     let local = socket.local_addr().unwrap_or(peer);
     let mut conn = Conn {
-        id,
         kind,
-        peer,
         local,
         client: peer,
         framing: "none",
     };
     if kind == Kind::Direct {
+        note("client", peer);
         let mut socket = socket;
         serve_tls(router, &generation, &mut conn, &mut socket).await;
         return;
     }
     let Some(up) = generation.config.upgrade.as_ref() else {
-        return warn!("conn {id} peer={peer} listener=upgrade: closed: the configuration reloaded since start has no [upgrade]");
+        return warn!("closed: the configuration reloaded since start has no [upgrade]");
     };
     let limits = &generation.config.limits;
     let mut stream: Box<dyn Io> = match &generation.upgrade_tls {
@@ -462,14 +472,12 @@ async fn connection(
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => {
                 return router.cutoffs.report("proxy TLS failed", || {
-                    format!(
-                        "conn {id} peer={peer} listener=upgrade: TLS from the proxy failed: {e}"
-                    )
+                    format!("TLS from the proxy failed: {e}")
                 })
             }
             Err(_) => {
                 return router.cutoffs.report("proxy TLS timeout", || {
-                    format!("conn {id} peer={peer} listener=upgrade: TLS from the proxy timed out")
+                    "TLS from the proxy timed out".to_string()
                 })
             }
         },
@@ -484,10 +492,10 @@ async fn connection(
         Ok(Err(UpgradeError::Refused { status, reason })) => {
             router.metrics.refusal(status);
             return router.cutoffs.report(refusal_kind(status), || {
-                format!("conn {id} peer={peer} listener=upgrade: refused {status}: {reason}")
+                format!("refused {status}: {reason}")
             });
         }
-        Ok(Err(e)) => return debug!("conn {id} peer={peer} listener=upgrade: no upgrade: {e}"),
+        Ok(Err(e)) => return debug!("no upgrade: {e}"),
         Err(_) => {
             router.metrics.refusal(408);
             let reason = format!(
@@ -495,14 +503,15 @@ async fn connection(
                 humantime::format_duration(limits.header_timeout)
             );
             let _ = upgrade::refuse::<_, ()>(&mut stream, 408, &reason, &[]).await;
-            return router.cutoffs.report("refused 408", || {
-                format!("conn {id} peer={peer} listener=upgrade: cut off: {reason}")
-            });
+            return router
+                .cutoffs
+                .report("refused 408", || format!("cut off: {reason}"));
         }
     };
     if let (true, Some(addr)) = (trusted(&generation, peer), pending.accepted().client_addr) {
         conn.client = SocketAddr::new(addr, 0);
     }
+    note("client", conn.client);
     if client_place.is_none() {
         // Behind a trusted peer: the client it names is held to the limit.
         match router.places.take_client(conn.client.ip()) {
@@ -515,17 +524,18 @@ async fn connection(
                 router.metrics.turned_away("upgrade", "client_limit");
                 router.metrics.refusal(429);
                 let _ = upgrade::refuse::<_, ()>(&mut stream, 429, &reason, &[]).await;
-                return router.cutoffs.report("client_limit", || {
-                    format!("{}: refused 429: {reason}", conn.prefix())
-                });
+                return router
+                    .cutoffs
+                    .report("client_limit", || format!("refused 429: {reason}"));
             }
         }
     }
     let accepted = match pending.switch(&mut stream).await {
         Ok(a) => a,
-        Err(e) => return debug!("{}: answering the upgrade: {e}", conn.prefix()),
+        Err(e) => return debug!("answering the upgrade: {e}"),
     };
     conn.framing = accepted.framing.name();
+    note("framing", conn.framing);
     let mut framed = Framed::new(
         accepted.framing,
         Role::Server,
@@ -567,32 +577,31 @@ async fn serve_tls<S: Finish>(
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             router.metrics.handshake_failure(listener, e.reason());
-            return router.cutoffs.report("inner TLS failed", || {
-                format!("{}: inner TLS: {e}", conn.prefix())
-            });
+            return router
+                .cutoffs
+                .report("inner TLS failed", || format!("inner TLS: {e}"));
         }
         Err(_) => {
             router.metrics.handshake_failure(listener, "timeout");
             return router.cutoffs.report("inner TLS timeout", || {
-                format!("{}: inner TLS handshake timed out", conn.prefix())
+                "inner TLS handshake timed out".to_string()
             });
         }
     };
     let route = &config.routes[hs.route];
     let label = route_label(route);
-    let sni = hs.sni.as_deref().unwrap_or("-");
-    let prefix = format!(
-        "{} sni={sni} alpn={} route={label}",
-        conn.prefix(),
-        route.alpn
-    );
+    if let Some(sni) = &hs.sni {
+        note("sni", sni);
+    }
+    note("alpn", &route.alpn);
+    note("route", &label);
     router.metrics.connection(listener, conn.framing, &label);
     let started = Instant::now();
     let backend = match tunnel::dial(route, conn.client, conn.local, limits.connect_timeout).await {
         Ok(b) => b,
         Err(e) => {
             router.metrics.backend_failure(&label);
-            warn!("{prefix}: backend unreachable, the client is told of a failure (no close_notify): {e}");
+            warn!("backend unreachable, the client is told of a failure (no close_notify): {e}");
             // No close_notify: the client must not take this for a clean end.
             let _ = timeout(tunnel::LINGER, tls.flush()).await;
             drop(tls);
@@ -601,7 +610,7 @@ async fn serve_tls<S: Finish>(
         }
     };
     router.metrics.tunnel_opened();
-    debug!("{prefix} backend={}: tunnel open", route.backend);
+    debug!(backend = %route.backend, "tunnel open");
     let quiet = Quiet {
         idle: route.idle_timeout,
         half_closed: limits.half_closed_timeout,
@@ -624,11 +633,11 @@ async fn serve_tls<S: Finish>(
         .metrics
         .tunnel_closed(&label, outcome.to_backend, outcome.to_client, duration);
     info!(
-        "{prefix} backend={} to_backend={} to_client={} duration={:.3}s ended: {}",
-        route.backend,
-        outcome.to_backend,
-        outcome.to_client,
-        duration.as_secs_f64(),
+        backend = %route.backend,
+        to_backend = outcome.to_backend,
+        to_client = outcome.to_client,
+        duration_s = (duration.as_secs_f64() * 1000.0).round() / 1000.0,
+        "ended: {}",
         outcome.end
     );
     stream.finish(ending, limits.close_timeout).await;
