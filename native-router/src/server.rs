@@ -609,13 +609,13 @@ async fn serve_tls<S: Finish>(
             return;
         }
     };
-    router.metrics.tunnel_opened();
+    let bytes = router.metrics.tunnel_opened(&label);
     debug!(backend = %route.backend, "tunnel open");
     let quiet = Quiet {
         idle: route.idle_timeout,
         half_closed: limits.half_closed_timeout,
     };
-    let outcome = tunnel::pipe(&mut tls, backend, quiet).await;
+    let outcome = tunnel::pipe(&mut tls, backend, quiet, bytes).await;
     let ending = outcome.end.ending();
     // close_notify only when the backend ended cleanly (or a quiet tunnel was
     // closed): after a failure the client must see a truncation.
@@ -629,9 +629,7 @@ async fn serve_tls<S: Finish>(
     }
     drop(tls);
     let duration = started.elapsed();
-    router
-        .metrics
-        .tunnel_closed(&label, outcome.to_backend, outcome.to_client, duration);
+    router.metrics.tunnel_closed(duration);
     info!(
         backend = %route.backend,
         to_backend = outcome.to_backend,
@@ -684,7 +682,7 @@ async fn answer_metrics(router: &Router, socket: &mut TcpStream) {
     let (status, content_type, body) = match path.as_str() {
         "/metrics" => (
             "200 OK",
-            "text/plain; version=0.0.4",
+            crate::metrics::CONTENT_TYPE,
             router.metrics.render(),
         ),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::Route;
+use crate::metrics::RouteBytes;
 use crate::proxy_protocol;
 use crate::tls;
 
@@ -335,22 +336,26 @@ pub struct Outcome {
 }
 
 /// Copies between `client` and `backend` until both directions are done, the
-/// tunnel is quiet for longer than `quiet` allows, or an error ends it.
+/// tunnel is quiet for longer than `quiet` allows, or an error ends it. The
+/// bytes are added to `bytes` as they pass.
 pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     backend: Box<dyn Io>,
     quiet: Quiet,
+    bytes: RouteBytes,
 ) -> Outcome {
     let activity = Arc::new(Activity::new());
     let mut client = Metered {
         inner: client,
         activity: activity.clone(),
         count: Count::ToBackend,
+        total: bytes.to_backend,
     };
     let mut backend = Metered {
         inner: backend,
         activity: activity.clone(),
         count: Count::ToClient,
+        total: bytes.to_client,
     };
     let copy = crate::copy::bidirectional(&mut client, &mut backend);
     tokio::pin!(copy);
@@ -457,12 +462,14 @@ enum Count {
     ToClient,
 }
 
-/// Counts what is read from the stream it wraps, notes the time, an EOF and
-/// the first error.
+/// Counts what is read from the stream it wraps (for the tunnel and in the
+/// route's metric), notes the time, an EOF and the first error.
 struct Metered<S> {
     inner: S,
     activity: Arc<Activity>,
     count: Count,
+    /// The route's counter for this direction.
+    total: prometheus_client::metrics::counter::Counter,
 }
 
 impl<S> Metered<S> {
@@ -499,6 +506,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
                 Count::ToClient => &self.activity.to_client,
             };
             counter.fetch_add(n, Ordering::Relaxed);
+            self.total.inc_by(n);
             self.activity.touch();
         } else if room && matches!(result, Poll::Ready(Ok(()))) {
             // An EOF: this direction is over, the tunnel is half-closed.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use alpn_router::framing::{Framing, Subprotocol};
 use serde_json::Value;
-use support::{backend, config, echo, router_command, tunnel, Logged, Pki};
+use support::{backend, config, echo, router_command, tunnel, Logged, Pki, RouterProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The JSON object of one log line.
@@ -77,5 +77,49 @@ async fn json_logs_carry_each_connections_facts_as_fields() {
                 .is_some_and(|a| a.starts_with("127.0.0.1")),
             "{field}: {line}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_tunnels_bytes_show_on_metrics_before_it_ends() {
+    let pki = Pki::new();
+    let a = backend(echo);
+    let mut router = RouterProcess::start(
+        pki.dir.path(),
+        &config(&format!(
+            "[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\n",
+            a.addr
+        )),
+    );
+    let framing = Framing::WebSocket(Subprotocol::Alpn);
+    let (mut s, _) = tunnel(&pki, router.upgrade, Some(framing), &["redis"], None)
+        .await
+        .unwrap();
+    let sent = vec![7u8; 3000];
+    s.write_all(&sent).await.unwrap();
+    let mut back = vec![0u8; sent.len()];
+    s.read_exact(&mut back).await.unwrap();
+    // The echo is back, so the router has read the bytes both ways: they
+    // count now, while the tunnel is still open.
+    let metrics = router.get("/metrics");
+    for needle in [
+        r#"alpn_router_bytes_total{route="redis",direction="to_backend"} 3000"#,
+        r#"alpn_router_bytes_total{route="redis",direction="to_client"} 3000"#,
+        "alpn_router_tunnels_active 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+    // Counted once: the end of the tunnel adds nothing more.
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    router.wait_for("ended: both sides closed");
+    let metrics = router.get("/metrics");
+    for needle in [
+        r#"alpn_router_bytes_total{route="redis",direction="to_backend"} 3000"#,
+        r#"alpn_router_bytes_total{route="redis",direction="to_client"} 3000"#,
+        "alpn_router_tunnels_active 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
     }
 }
