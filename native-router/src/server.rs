@@ -9,8 +9,11 @@
 //! A configuration load is a [`Generation`]; a reload swaps it, and each
 //! connection keeps the generation it started with, so live tunnels are not
 //! touched. Shutdown stops the data listeners, reports draining on `/readyz`
-//! and waits for the connections (all the cap's places back) up to the drain
-//! grace period; the metrics listener answers until the end.
+//! and waits for the connections up to the drain grace period; then the
+//! tunnels still open are closed deliberately (TLS `close_notify`, WebSocket
+//! Close 1001), counted and logged. Every connection task (and its lingering
+//! close) is tracked, so [`run`] returns only when none is left; the metrics
+//! listener answers until the end.
 
 use std::future::Future;
 use std::io;
@@ -21,8 +24,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, field, info, warn, Instrument as _, Span};
 
 use crate::admission::{ClientPlace, Places};
@@ -106,6 +111,13 @@ pub struct Router {
     refusals: Arc<Semaphore>,
     drain_grace: Duration,
     draining: AtomicBool,
+    /// Cancelled when the drain grace period is over: every connection holds
+    /// it and closes its tunnel then.
+    closing: CancellationToken,
+    /// Every data connection task and lingering close.
+    tasks: TaskTracker,
+    /// Every request on the metrics listener.
+    metrics_tasks: TaskTracker,
     next_id: AtomicU64,
     metrics: Metrics,
     cutoffs: Cutoffs,
@@ -123,6 +135,9 @@ impl Router {
             refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
             drain_grace: limits.drain_grace,
             draining: AtomicBool::new(false),
+            closing: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            metrics_tasks: TaskTracker::new(),
             next_id: AtomicU64::new(1),
             metrics: Metrics::default(),
             cutoffs: Cutoffs::default(),
@@ -211,10 +226,12 @@ impl Kind {
 }
 
 /// Serves until `shutdown` resolves, then drains: the data listeners close,
-/// `/readyz` says draining, and live connections get up to the grace period.
+/// `/readyz` says draining, and live connections get up to the grace period;
+/// after it the tunnels still open are closed deliberately. Returns when no
+/// connection task is left.
 pub async fn run(router: Arc<Router>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
-    let (stop_data, stop_data_rx) = watch::channel(false);
-    let (stop_metrics, stop_metrics_rx) = watch::channel(false);
+    let stop_data = CancellationToken::new();
+    let stop_metrics = CancellationToken::new();
     let mut data_loops = Vec::new();
     let mut metrics_loop = None;
     for (kind, listener) in [
@@ -227,8 +244,8 @@ pub async fn run(router: Arc<Router>, listeners: Listeners, shutdown: impl Futur
                 info!("{} listener on {addr}", kind.name());
             }
             let stop = match kind {
-                Kind::Metrics => stop_metrics_rx.clone(),
-                _ => stop_data_rx.clone(),
+                Kind::Metrics => stop_metrics.clone(),
+                _ => stop_data.clone(),
             };
             let task = tokio::spawn(accept_loop(router.clone(), kind, listener, stop));
             match kind {
@@ -249,27 +266,41 @@ pub async fn run(router: Arc<Router>, listeners: Listeners, shutdown: impl Futur
     });
     shutdown.await;
     router.draining.store(true, Ordering::SeqCst);
-    let _ = stop_data.send(true);
+    stop_data.cancel();
     for l in data_loops {
         let _ = l.await;
     }
+    // No new connection task from here on: the tracker can empty.
+    router.tasks.close();
     let active = router.active_connections();
     info!(
         "shutting down: stopped accepting; /readyz reports draining; draining {active} connections for up to {:?}",
         router.drain_grace
     );
-    if router.places.all_back(router.drain_grace).await {
+    if timeout(router.drain_grace, router.tasks.wait())
+        .await
+        .is_ok()
+    {
         info!("drained: every connection finished");
     } else {
         warn!(
             "drain grace period over: closing {} connections",
             router.active_connections()
         );
+        let before = router.metrics.closed_at_shutdown_total();
+        router.closing.cancel();
+        router.tasks.wait().await;
+        info!(
+            "closed {} tunnels at the end of the drain grace period (TLS close_notify, WebSocket Close 1001); every connection finished",
+            router.metrics.closed_at_shutdown_total() - before
+        );
     }
-    let _ = stop_metrics.send(true);
+    stop_metrics.cancel();
     if let Some(l) = metrics_loop {
         let _ = l.await;
     }
+    router.metrics_tasks.close();
+    router.metrics_tasks.wait().await;
     summaries.abort();
     router.cutoffs.tick();
 }
@@ -278,7 +309,7 @@ async fn accept_loop(
     router: Arc<Router>,
     kind: Kind,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     loop {
         let (socket, peer) = tokio::select! {
@@ -291,7 +322,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         };
         let _ = socket.set_nodelay(true);
         if kind == Kind::Metrics {
@@ -302,7 +333,7 @@ async fn accept_loop(
                 continue;
             };
             let router = router.clone();
-            tokio::spawn(async move {
+            router.metrics_tasks.clone().spawn(async move {
                 serve_metrics(&router, socket).await;
                 drop(place);
             });
@@ -330,11 +361,12 @@ async fn accept_loop(
         };
         let router = router.clone();
         let span = conn_span(&router, kind, peer);
-        tokio::spawn(
+        router.tasks.clone().spawn(
             async move {
                 // The lingering close happens when the connection code drops the
                 // socket; the place under the cap is held until it is over.
-                let socket = tunnel::Lingering::new(socket, Some(place));
+                let socket =
+                    tunnel::Lingering::new(socket, Some(place)).tracked(router.tasks.clone());
                 connection(&router, kind, socket, peer, client_place).await;
             }
             .instrument(span),
@@ -386,9 +418,10 @@ fn turn_away(router: &Arc<Router>, kind: Kind, socket: TcpStream, peer: SocketAd
     let Ok(slot) = router.refusals.clone().try_acquire_owned() else {
         return;
     };
-    tokio::spawn(async move {
+    let tasks = router.tasks.clone();
+    tasks.clone().spawn(async move {
         // The slot is held until the lingering close is over.
-        let mut socket = tunnel::Lingering::new(socket, Some(slot));
+        let mut socket = tunnel::Lingering::new(socket, Some(slot)).tracked(tasks);
         let retry = [("Retry-After", "1")];
         let headers: &[(&str, &str)] = match why {
             Refusal::CapFull => &retry,
@@ -409,6 +442,17 @@ fn trusted(generation: &Generation, peer: SocketAddr) -> bool {
             .iter()
             .any(|n| n.contains(&peer.ip().to_canonical()))
     })
+}
+
+/// Runs a phase before the tunnel (a handshake, the request head, the dial),
+/// unless the drain grace period ends first: then the connection just ends.
+macro_rules! unless_closing {
+    ($router:expr, $phase:expr $(,)?) => {
+        match $router.closing.run_until_cancelled($phase).await {
+            Some(result) => result,
+            None => return debug!("closed before its tunnel: the drain grace period is over"),
+        }
+    };
 }
 
 /// The span of one connection. It is at ERROR level so that it is enabled
@@ -468,7 +512,10 @@ async fn connection(
     let limits = &generation.config.limits;
     let mut stream: Box<dyn Io> = match &generation.upgrade_tls {
         None => Box::new(socket),
-        Some(acceptor) => match timeout(limits.handshake_timeout, acceptor.accept(socket)).await {
+        Some(acceptor) => match unless_closing!(
+            router,
+            timeout(limits.handshake_timeout, acceptor.accept(socket)),
+        ) {
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => {
                 return router.cutoffs.report("proxy TLS failed", || {
@@ -482,12 +529,13 @@ async fn connection(
             }
         },
     };
-    let pending = match timeout(
-        limits.header_timeout,
-        upgrade::read_request(&mut stream, &up.path),
-    )
-    .await
-    {
+    let pending = match unless_closing!(
+        router,
+        timeout(
+            limits.header_timeout,
+            upgrade::read_request(&mut stream, &up.path),
+        ),
+    ) {
         Ok(Ok(p)) => p,
         Ok(Err(UpgradeError::Refused { status, reason })) => {
             router.metrics.refusal(status);
@@ -568,12 +616,13 @@ async fn serve_tls<S: Finish>(
     let listener = conn.kind.name();
     let config = &generation.config;
     let limits = &config.limits;
-    let (mut tls, hs) = match timeout(
-        limits.handshake_timeout,
-        tls::accept(&mut *stream, &generation.inner_tls, &config.routes),
-    )
-    .await
-    {
+    let (mut tls, hs) = match unless_closing!(
+        router,
+        timeout(
+            limits.handshake_timeout,
+            tls::accept(&mut *stream, &generation.inner_tls, &config.routes),
+        ),
+    ) {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             router.metrics.handshake_failure(listener, e.reason());
@@ -597,7 +646,10 @@ async fn serve_tls<S: Finish>(
     note("route", &label);
     router.metrics.connection(listener, conn.framing, &label);
     let started = Instant::now();
-    let backend = match tunnel::dial(route, conn.client, conn.local, limits.connect_timeout).await {
+    let backend = match unless_closing!(
+        router,
+        tunnel::dial(route, conn.client, conn.local, limits.connect_timeout),
+    ) {
         Ok(b) => b,
         Err(e) => {
             router.metrics.backend_failure(&label);
@@ -615,12 +667,16 @@ async fn serve_tls<S: Finish>(
         idle: route.idle_timeout,
         half_closed: limits.half_closed_timeout,
     };
-    let outcome = tunnel::pipe(&mut tls, backend, quiet, bytes).await;
+    let outcome = tunnel::pipe(&mut tls, backend, quiet, bytes, &router.closing).await;
     let ending = outcome.end.ending();
-    // close_notify only when the backend ended cleanly (or a quiet tunnel was
-    // closed): after a failure the client must see a truncation.
+    if ending == Ending::GoingAway {
+        router.metrics.closed_at_shutdown();
+    }
+    // close_notify only when the backend ended cleanly (or a quiet tunnel or
+    // the router's shutdown closed it): after a failure the client must see a
+    // truncation.
     match ending {
-        Ending::Clean => {
+        Ending::Clean | Ending::GoingAway => {
             let _ = timeout(tunnel::LINGER, tls.shutdown()).await;
         }
         Ending::Failed => {

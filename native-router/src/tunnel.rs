@@ -5,6 +5,8 @@
 //! ends the tunnel as failed (which side failed is recorded), so that the client
 //! is not told of a clean end; and the end of the outer connection ([`Finish`])
 //! waits for the peer, so that no close turns its late bytes into a reset.
+//! When the drain grace period of a shutdown ends, the pipe stops and the
+//! tunnel is closed deliberately ([`End::Shutdown`], [`Ending::GoingAway`]).
 
 use std::fmt;
 use std::future::Future;
@@ -20,6 +22,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Route;
 use crate::metrics::RouteBytes;
@@ -146,6 +150,9 @@ pub enum Ending {
     /// failed: no `close_notify`, WebSocket Close 1011, so the client sees a
     /// truncation rather than a clean end.
     Failed,
+    /// The router is shutting down and the drain grace period is over: TLS
+    /// `close_notify`, WebSocket Close 1001 (going away).
+    GoingAway,
 }
 
 /// The end of an outer connection once the inner TLS is over.
@@ -179,6 +186,8 @@ impl Finish for Lingering {
 pub struct Lingering {
     socket: Option<TcpStream>,
     place: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Tracks the lingering close, so that a shutdown waits for it.
+    tracker: Option<TaskTracker>,
 }
 
 impl Lingering {
@@ -187,7 +196,14 @@ impl Lingering {
         Lingering {
             socket: Some(socket),
             place,
+            tracker: None,
         }
+    }
+
+    /// Runs the lingering close as a task of `tracker`.
+    pub fn tracked(mut self, tracker: TaskTracker) -> Self {
+        self.tracker = Some(tracker);
+        self
     }
 
     /// The local address of the connection.
@@ -211,10 +227,14 @@ impl Drop for Lingering {
         };
         // Outside a runtime (it is shutting down) the socket just closes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
+            let close = async move {
                 linger(socket).await;
                 drop(place);
-            });
+            };
+            match &self.tracker {
+                Some(tracker) => drop(tracker.spawn_on(close, &runtime)),
+                None => drop(runtime.spawn(close)),
+            }
         }
     }
 }
@@ -270,6 +290,8 @@ pub enum End {
     HalfClosed(Duration),
     /// A read or write failed (a reset, a TLS or framing error) on this side.
     Error(Side, io::Error),
+    /// The router shut down and the drain grace period ended first.
+    Shutdown,
 }
 
 impl End {
@@ -277,6 +299,7 @@ impl End {
     pub fn ending(&self) -> Ending {
         match self {
             End::Error(..) => Ending::Failed,
+            End::Shutdown => Ending::GoingAway,
             _ => Ending::Clean,
         }
     }
@@ -293,6 +316,7 @@ impl fmt::Display for End {
                 humantime::format_duration(*t)
             ),
             End::Error(side, e) => write!(f, "{side} error: {e}"),
+            End::Shutdown => write!(f, "closed by the router: the drain grace period is over"),
         }
     }
 }
@@ -336,13 +360,15 @@ pub struct Outcome {
 }
 
 /// Copies between `client` and `backend` until both directions are done, the
-/// tunnel is quiet for longer than `quiet` allows, or an error ends it. The
-/// bytes are added to `bytes` as they pass.
+/// tunnel is quiet for longer than `quiet` allows, an error ends it, or
+/// `closing` is cancelled (the drain grace period is over). The bytes are
+/// added to `bytes` as they pass.
 pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     backend: Box<dyn Io>,
     quiet: Quiet,
     bytes: RouteBytes,
+    closing: &CancellationToken,
 ) -> Outcome {
     let activity = Arc::new(Activity::new());
     let mut client = Metered {
@@ -375,6 +401,7 @@ pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
                 Ok(_) => End::Closed,
                 Err(e) => End::Error(activity.failed_side(), e),
             },
+            _ = closing.cancelled() => break End::Shutdown,
             // A direction ending changes the limit: look again.
             _ = activity.half_closed_now.notified(), if !half => {}
             _ = sleep_until_some(deadline) => {

@@ -200,11 +200,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Finish for Framed<S> {
         let wait = async {
             match &mut self.kind {
                 // A WebSocket tunnel ends with the closing handshake: our Close
-                // (1000, or 1011 when the tunnel failed), then the peer's.
+                // (1000; 1011 when the tunnel failed; 1001 when the router is
+                // going away), then the peer's.
                 Kind::WebSocket(ws) => {
                     ws.queue_close(match ending {
                         Ending::Clean => websocket::CLOSE_NORMAL,
                         Ending::Failed => websocket::CLOSE_INTERNAL_ERROR,
+                        Ending::GoingAway => CLOSE_GOING_AWAY,
                     });
                     let _ = ws.flush().await;
                 }
@@ -229,6 +231,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Finish for Framed<S> {
 
 /// The most a closing tunnel discards while it waits for the peer.
 const DISCARD_LIMIT: u64 = 64 << 20;
+
+/// The WebSocket Close code of an endpoint going away (RFC 6455 section 7.4.1).
+const CLOSE_GOING_AWAY: u16 = 1001;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Framed<S> {
     fn poll_write(
