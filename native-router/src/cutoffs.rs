@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use log::{debug, info, log_enabled, Level};
 use tokio::time::Instant;
+use tracing::{debug, info, Level};
 
 /// How long one summary interval is.
 pub const INTERVAL: Duration = Duration::from_secs(10);
@@ -58,7 +58,7 @@ impl Cutoffs {
         } else {
             *w.held_back.entry(kind).or_default() += 1;
             drop(w);
-            if log_enabled!(Level::Debug) {
+            if tracing::enabled!(Level::DEBUG) {
                 debug!("{}", line());
             }
         }

@@ -1,181 +1,241 @@
-//! The router's metrics, rendered as Prometheus text at `/metrics`: connections
+//! The router's metrics, served at `/metrics` as OpenMetrics text: connections
 //! by listener/framing/route, refusals, handshake failures by reason, backend
-//! failures, bytes by route and direction, active tunnels, tunnel durations.
+//! failures, connections turned away, bytes by route and direction (counted as
+//! they pass, so a long tunnel shows its traffic while it runs), active
+//! tunnels, tunnel durations, and tunnels closed at the end of a drain.
+//!
+//! Each family has a typed label set; an increment is an atomic add on a
+//! counter found by its labels (a tunnel holds its byte counters, so the bytes
+//! it carries cost no look-up at all).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::fmt;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the tunnel duration histogram.
 const DURATION_BUCKETS: [f64; 10] = [
     0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
 
-/// A family of counters keyed by their label values.
-#[derive(Debug, Default)]
-struct Counters(Mutex<BTreeMap<Vec<String>, u64>>);
-
-impl Counters {
-    fn add(&self, labels: &[&str], n: u64) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(labels.iter().map(|s| s.to_string()).collect())
-            .or_default() += n;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str, label_names: &[&str]) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for (values, n) in map.iter() {
-            let _ = writeln!(out, "{name}{{{}}} {n}", labels(label_names, values));
-        }
-    }
+/// A connection routed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    listener: &'static str,
+    /// `none` on the direct listener.
+    framing: &'static str,
+    route: String,
 }
 
-fn labels(names: &[&str], values: &[String]) -> String {
-    names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| {
-            format!(
-                "{n}=\"{}\"",
-                v.replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+/// An upgrade refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: u16,
 }
 
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [u64; DURATION_BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// A listener and why a connection ended there (handshake failures, turned away).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// A route.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+/// A route and a direction (`to_backend`, `to_client`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    route: String,
+    direction: &'static str,
+}
+
+/// The byte counters of one route, held by its tunnels while they run.
+#[derive(Debug, Clone, Default)]
+pub struct RouteBytes {
+    /// Bytes from clients to the backend.
+    pub to_backend: Counter,
+    /// Bytes from the backend to clients.
+    pub to_client: Counter,
 }
 
 /// Every metric of one router process.
-#[derive(Debug, Default)]
 pub struct Metrics {
-    connections: Counters,
-    refusals: Counters,
-    handshake_failures: Counters,
-    backend_failures: Counters,
-    turned_away: Counters,
-    bytes: Counters,
-    tunnels_active: AtomicI64,
-    durations: Mutex<Histogram>,
+    registry: Registry,
+    connections: Family<ConnectionLabels, Counter>,
+    refusals: Family<StatusLabels, Counter>,
+    handshake_failures: Family<ReasonLabels, Counter>,
+    backend_failures: Family<RouteLabels, Counter>,
+    turned_away: Family<ReasonLabels, Counter>,
+    bytes: Family<BytesLabels, Counter>,
+    tunnels_active: Gauge,
+    durations: Histogram,
+    closed_at_shutdown: Counter,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            connections: Family::default(),
+            refusals: Family::default(),
+            handshake_failures: Family::default(),
+            backend_failures: Family::default(),
+            turned_away: Family::default(),
+            bytes: Family::default(),
+            tunnels_active: Gauge::default(),
+            durations: Histogram::new(DURATION_BUCKETS),
+            closed_at_shutdown: Counter::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "alpn_router_connections",
+            "Connections routed, by listener, framing and route",
+            m.connections.clone(),
+        );
+        r.register(
+            "alpn_router_upgrade_refusals",
+            "Upgrade requests refused, by status",
+            m.refusals.clone(),
+        );
+        r.register(
+            "alpn_router_handshake_failures",
+            "Inner TLS handshakes that failed, by listener and reason",
+            m.handshake_failures.clone(),
+        );
+        r.register(
+            "alpn_router_backend_failures",
+            "Backends that could not be reached, by route",
+            m.backend_failures.clone(),
+        );
+        r.register(
+            "alpn_router_connections_turned_away",
+            "Connections given no place at accept, by listener and reason (cap_full, client_limit)",
+            m.turned_away.clone(),
+        );
+        r.register(
+            "alpn_router_bytes",
+            "Bytes carried by tunnels, counted as they pass, by route and direction",
+            m.bytes.clone(),
+        );
+        r.register(
+            "alpn_router_tunnels_active",
+            "Tunnels open now",
+            m.tunnels_active.clone(),
+        );
+        r.register_with_unit(
+            "alpn_router_tunnel_duration",
+            "How long tunnels lasted",
+            Unit::Seconds,
+            m.durations.clone(),
+        );
+        r.register(
+            "alpn_router_tunnels_closed_at_shutdown",
+            "Tunnels closed by the router because the drain grace period ended",
+            m.closed_at_shutdown.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
     /// A connection accepted on `listener` and routed (`framing` is `none` on the direct listener).
-    pub fn connection(&self, listener: &str, framing: &str, route: &str) {
-        self.connections.add(&[listener, framing, route], 1);
+    pub fn connection(&self, listener: &'static str, framing: &'static str, route: &str) {
+        self.connections
+            .get_or_create(&ConnectionLabels {
+                listener,
+                framing,
+                route: route.to_string(),
+            })
+            .inc();
     }
 
     /// An upgrade refused with `status`.
     pub fn refusal(&self, status: u16) {
-        self.refusals.add(&[&status.to_string()], 1);
+        self.refusals.get_or_create(&StatusLabels { status }).inc();
     }
 
     /// An inner TLS handshake that failed for `reason`.
-    pub fn handshake_failure(&self, listener: &str, reason: &str) {
-        self.handshake_failures.add(&[listener, reason], 1);
+    pub fn handshake_failure(&self, listener: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels { listener, reason })
+            .inc();
     }
 
     /// A backend of `route` that could not be reached.
     pub fn backend_failure(&self, route: &str) {
-        self.backend_failures.add(&[route], 1);
+        self.backend_failures
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .inc();
     }
 
     /// A connection on `listener` given no place: `cap_full` or `client_limit`.
-    pub fn turned_away(&self, listener: &str, reason: &str) {
-        self.turned_away.add(&[listener, reason], 1);
+    pub fn turned_away(&self, listener: &'static str, reason: &'static str) {
+        self.turned_away
+            .get_or_create(&ReasonLabels { listener, reason })
+            .inc();
     }
 
-    /// A tunnel started.
-    pub fn tunnel_opened(&self) {
-        self.tunnels_active.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A tunnel of `route` ended after `duration`, having carried these bytes.
-    pub fn tunnel_closed(&self, route: &str, to_backend: u64, to_client: u64, duration: Duration) {
-        self.tunnels_active.fetch_sub(1, Ordering::Relaxed);
-        self.bytes.add(&[route, "to_backend"], to_backend);
-        self.bytes.add(&[route, "to_client"], to_client);
-        let secs = duration.as_secs_f64();
-        let mut h = self.durations.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
+    /// A tunnel of `route` started: the byte counters it adds to as bytes pass.
+    pub fn tunnel_opened(&self, route: &str) -> RouteBytes {
+        self.tunnels_active.inc();
+        let counter = |direction| {
+            self.bytes.get_or_create_owned(&BytesLabels {
+                route: route.to_string(),
+                direction,
+            })
+        };
+        RouteBytes {
+            to_backend: counter("to_backend"),
+            to_client: counter("to_client"),
         }
-        h.count += 1;
-        h.sum += secs;
+    }
+
+    /// A tunnel ended after `duration` (its bytes are counted already).
+    pub fn tunnel_closed(&self, duration: Duration) {
+        self.tunnels_active.dec();
+        self.durations.observe(duration.as_secs_f64());
+    }
+
+    /// A tunnel closed because the drain grace period ended.
+    pub fn closed_at_shutdown(&self) {
+        self.closed_at_shutdown.inc();
+    }
+
+    /// Tunnels closed so far because the drain grace period ended.
+    pub fn closed_at_shutdown_total(&self) -> u64 {
+        self.closed_at_shutdown.get()
     }
 
     /// Tunnels open now.
     pub fn active(&self) -> i64 {
-        self.tunnels_active.load(Ordering::Relaxed)
+        self.tunnels_active.get()
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        self.connections.render(
-            &mut out,
-            "alpn_router_connections_total",
-            "Connections routed, by listener, framing and route.",
-            &["listener", "framing", "route"],
-        );
-        self.refusals.render(
-            &mut out,
-            "alpn_router_upgrade_refusals_total",
-            "Upgrade requests refused, by status.",
-            &["status"],
-        );
-        self.handshake_failures.render(
-            &mut out,
-            "alpn_router_handshake_failures_total",
-            "Inner TLS handshakes that failed, by listener and reason.",
-            &["listener", "reason"],
-        );
-        self.backend_failures.render(
-            &mut out,
-            "alpn_router_backend_failures_total",
-            "Backends that could not be reached, by route.",
-            &["route"],
-        );
-        self.turned_away.render(
-            &mut out,
-            "alpn_router_connections_turned_away_total",
-            "Connections given no place at accept, by listener and reason (cap_full, client_limit).",
-            &["listener", "reason"],
-        );
-        self.bytes.render(
-            &mut out,
-            "alpn_router_bytes_total",
-            "Bytes carried by finished tunnels, by route and direction.",
-            &["route", "direction"],
-        );
-        let _ = writeln!(out, "# HELP alpn_router_tunnels_active Tunnels open now.\n# TYPE alpn_router_tunnels_active gauge");
-        let _ = writeln!(out, "alpn_router_tunnels_active {}", self.active());
-        let h = self.durations.lock().unwrap_or_else(|p| p.into_inner());
-        let name = "alpn_router_tunnel_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} How long tunnels lasted.\n# TYPE {name} histogram"
-        );
-        for (bound, n) in DURATION_BUCKETS.iter().zip(h.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-            h.count, h.sum, h.count
-        );
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -189,18 +249,51 @@ mod tests {
         let m = Metrics::default();
         m.connection("upgrade", "websocket", "postgresql");
         m.connection("upgrade", "websocket", "postgresql");
-        m.tunnel_opened();
-        m.tunnel_closed("postgresql", 10, 20, Duration::from_millis(500));
+        let bytes = m.tunnel_opened("postgresql");
+        bytes.to_backend.inc_by(10);
+        bytes.to_client.inc_by(20);
+        m.tunnel_closed(Duration::from_millis(500));
         m.handshake_failure("direct", "no_route");
+        m.refusal(426);
         let text = m.render();
         assert!(text.contains("alpn_router_connections_total{listener=\"upgrade\",framing=\"websocket\",route=\"postgresql\"} 2"), "{text}");
-        assert!(text
-            .contains("alpn_router_bytes_total{route=\"postgresql\",direction=\"to_client\"} 20"));
-        assert!(text.contains("alpn_router_tunnel_duration_seconds_bucket{le=\"1\"} 1"));
-        assert!(text.contains("alpn_router_tunnel_duration_seconds_bucket{le=\"0.1\"} 0"));
-        assert!(text.contains("alpn_router_tunnels_active 0"));
-        assert!(text.contains(
-            "alpn_router_handshake_failures_total{listener=\"direct\",reason=\"no_route\"} 1"
-        ));
+        assert!(
+            text.contains(
+                "alpn_router_bytes_total{route=\"postgresql\",direction=\"to_client\"} 20"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("alpn_router_tunnel_duration_seconds_bucket{le=\"1.0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("alpn_router_tunnel_duration_seconds_bucket{le=\"0.1\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("alpn_router_tunnels_active 0"), "{text}");
+        assert!(
+            text.contains(
+                "alpn_router_handshake_failures_total{listener=\"direct\",reason=\"no_route\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("alpn_router_upgrade_refusals_total{status=\"426\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bytes_show_while_the_tunnel_runs() {
+        let m = Metrics::default();
+        let bytes = m.tunnel_opened("redis");
+        bytes.to_backend.inc_by(7);
+        let text = m.render();
+        assert!(
+            text.contains("alpn_router_bytes_total{route=\"redis\",direction=\"to_backend\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains("alpn_router_tunnels_active 1"), "{text}");
     }
 }

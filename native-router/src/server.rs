@@ -2,12 +2,18 @@
 //! cap (a full cap is answered at once), answer the upgrade (upgrade listener),
 //! run the inner TLS, dial the route's backend and pipe, end the outer
 //! connection as the tunnel ended, then log one line saying what happened.
+//! Each connection runs in a `conn` span that carries its facts (id, peer,
+//! listener, client address, framing, SNI, ALPN, route) as they become known,
+//! so every line it logs names them.
 //!
 //! A configuration load is a [`Generation`]; a reload swaps it, and each
 //! connection keeps the generation it started with, so live tunnels are not
 //! touched. Shutdown stops the data listeners, reports draining on `/readyz`
-//! and waits for the connections (all the cap's places back) up to the drain
-//! grace period; the metrics listener answers until the end.
+//! and waits for the connections up to the drain grace period; then the
+//! tunnels still open are closed deliberately (TLS `close_notify`, WebSocket
+//! Close 1001), counted and logged. Every connection task (and its lingering
+//! close) is tracked, so [`run`] returns only when none is left; the metrics
+//! listener answers until the end.
 
 use std::future::Future;
 use std::io;
@@ -16,11 +22,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use log::{debug, info, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, field, info, warn, Instrument as _, Span};
 
 use crate::admission::{ClientPlace, Places};
 use crate::config::{Config, Route};
@@ -104,6 +112,13 @@ pub struct Router {
     refusals: Arc<Semaphore>,
     drain_grace: Duration,
     draining: AtomicBool,
+    /// Cancelled when the drain grace period is over: every connection holds
+    /// it and closes its tunnel then.
+    closing: CancellationToken,
+    /// Every data connection task and lingering close.
+    tasks: TaskTracker,
+    /// Every request on the metrics listener.
+    metrics_tasks: TaskTracker,
     next_id: AtomicU64,
     metrics: Metrics,
     cutoffs: Cutoffs,
@@ -121,6 +136,9 @@ impl Router {
             refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
             drain_grace: limits.drain_grace,
             draining: AtomicBool::new(false),
+            closing: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            metrics_tasks: TaskTracker::new(),
             next_id: AtomicU64::new(1),
             metrics: Metrics::default(),
             cutoffs: Cutoffs::default(),
@@ -209,10 +227,12 @@ impl Kind {
 }
 
 /// Serves until `shutdown` resolves, then drains: the data listeners close,
-/// `/readyz` says draining, and live connections get up to the grace period.
+/// `/readyz` says draining, and live connections get up to the grace period;
+/// after it the tunnels still open are closed deliberately. Returns when no
+/// connection task is left.
 pub async fn run(router: Arc<Router>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
-    let (stop_data, stop_data_rx) = watch::channel(false);
-    let (stop_metrics, stop_metrics_rx) = watch::channel(false);
+    let stop_data = CancellationToken::new();
+    let stop_metrics = CancellationToken::new();
     let mut data_loops = Vec::new();
     let mut metrics_loop = None;
     for (kind, listener) in [
@@ -225,8 +245,8 @@ pub async fn run(router: Arc<Router>, listeners: Listeners, shutdown: impl Futur
                 info!("{} listener on {addr}", kind.name());
             }
             let stop = match kind {
-                Kind::Metrics => stop_metrics_rx.clone(),
-                _ => stop_data_rx.clone(),
+                Kind::Metrics => stop_metrics.clone(),
+                _ => stop_data.clone(),
             };
             let task = tokio::spawn(accept_loop(router.clone(), kind, listener, stop));
             match kind {
@@ -247,27 +267,41 @@ pub async fn run(router: Arc<Router>, listeners: Listeners, shutdown: impl Futur
     });
     shutdown.await;
     router.draining.store(true, Ordering::SeqCst);
-    let _ = stop_data.send(true);
+    stop_data.cancel();
     for l in data_loops {
         let _ = l.await;
     }
+    // No new connection task from here on: the tracker can empty.
+    router.tasks.close();
     let active = router.active_connections();
     info!(
         "shutting down: stopped accepting; /readyz reports draining; draining {active} connections for up to {:?}",
         router.drain_grace
     );
-    if router.places.all_back(router.drain_grace).await {
+    if timeout(router.drain_grace, router.tasks.wait())
+        .await
+        .is_ok()
+    {
         info!("drained: every connection finished");
     } else {
         warn!(
             "drain grace period over: closing {} connections",
             router.active_connections()
         );
+        let before = router.metrics.closed_at_shutdown_total();
+        router.closing.cancel();
+        router.tasks.wait().await;
+        info!(
+            "closed {} tunnels at the end of the drain grace period (TLS close_notify, WebSocket Close 1001); every connection finished",
+            router.metrics.closed_at_shutdown_total() - before
+        );
     }
-    let _ = stop_metrics.send(true);
+    stop_metrics.cancel();
     if let Some(l) = metrics_loop {
         let _ = l.await;
     }
+    router.metrics_tasks.close();
+    router.metrics_tasks.wait().await;
     summaries.abort();
     router.cutoffs.tick();
 }
@@ -276,7 +310,7 @@ async fn accept_loop(
     router: Arc<Router>,
     kind: Kind,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     loop {
         let (socket, peer) = tokio::select! {
@@ -289,7 +323,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         };
         let _ = socket.set_nodelay(true);
         if kind == Kind::Metrics {
@@ -300,7 +334,7 @@ async fn accept_loop(
                 continue;
             };
             let router = router.clone();
-            tokio::spawn(async move {
+            router.metrics_tasks.clone().spawn(async move {
                 serve_metrics(&router, socket).await;
                 drop(place);
             });
@@ -327,12 +361,17 @@ async fn accept_loop(
             None
         };
         let router = router.clone();
-        tokio::spawn(async move {
-            // The lingering close happens when the connection code drops the
-            // socket; the place under the cap is held until it is over.
-            let socket = tunnel::Lingering::new(socket, Some(place));
-            connection(&router, kind, socket, peer, client_place).await;
-        });
+        let span = conn_span(&router, kind, peer);
+        router.tasks.clone().spawn(
+            async move {
+                // The lingering close happens when the connection code drops the
+                // socket; the place under the cap is held until it is over.
+                let socket =
+                    tunnel::Lingering::new(socket, Some(place)).tracked(router.tasks.clone());
+                connection(&router, kind, socket, peer, client_place).await;
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -367,11 +406,10 @@ fn turn_away(router: &Arc<Router>, kind: Kind, socket: TcpStream, peer: SocketAd
         ),
     };
     router.metrics.turned_away(kind.name(), label);
-    router.cutoffs.report(label, || {
-        format!(
-            "peer={peer} listener={}: turned away: {reason}",
-            kind.name()
-        )
+    tracing::error_span!("conn", peer = %peer, listener = %kind.name()).in_scope(|| {
+        router
+            .cutoffs
+            .report(label, || format!("turned away: {reason}"))
     });
     if kind == Kind::Direct {
         return; // A close: TLS has no way to say why.
@@ -381,9 +419,10 @@ fn turn_away(router: &Arc<Router>, kind: Kind, socket: TcpStream, peer: SocketAd
     let Ok(slot) = router.refusals.clone().try_acquire_owned() else {
         return;
     };
-    tokio::spawn(async move {
+    let tasks = router.tasks.clone();
+    tasks.clone().spawn(async move {
         // The slot is held until the lingering close is over.
-        let mut socket = tunnel::Lingering::new(socket, Some(slot));
+        let mut socket = tunnel::Lingering::new(socket, Some(slot)).tracked(tasks);
         let retry = [("Retry-After", "1")];
         let headers: &[(&str, &str)] = match why {
             Refusal::CapFull => &retry,
@@ -406,28 +445,45 @@ fn trusted(generation: &Generation, peer: SocketAddr) -> bool {
     })
 }
 
-/// What one connection's log line reports.
+/// Runs a phase before the tunnel (a handshake, the request head, the dial),
+/// unless the drain grace period ends first: then the connection just ends.
+macro_rules! unless_closing {
+    ($router:expr, $phase:expr $(,)?) => {
+        match $router.closing.run_until_cancelled($phase).await {
+            Some(result) => result,
+            None => return debug!("closed before its tunnel: the drain grace period is over"),
+        }
+    };
+}
+
+/// The span of one connection. It is at ERROR level so that it is enabled
+/// whenever any of its lines is: a warning logged under `RUST_LOG=warn` still
+/// names its connection. The empty fields are recorded as they become known.
+fn conn_span(router: &Router, kind: Kind, peer: SocketAddr) -> Span {
+    tracing::error_span!(
+        "conn",
+        id = router.next_id.fetch_add(1, Ordering::Relaxed),
+        peer = %peer,
+        listener = %kind.name(),
+        client = field::Empty,
+        framing = field::Empty,
+        sni = field::Empty,
+        alpn = field::Empty,
+        route = field::Empty,
+    )
+}
+
+/// Records a fact of the current connection in its span.
+fn note(name: &str, value: impl std::fmt::Display) {
+    Span::current().record(name, field::display(value));
+}
+
+/// What the connection code needs to know about its connection.
 struct Conn {
-    id: u64,
     kind: Kind,
-    peer: SocketAddr,
     local: SocketAddr,
     client: SocketAddr,
     framing: &'static str,
-}
-
-impl Conn {
-    /// The start of the connection's log lines.
-    fn prefix(&self) -> String {
-        format!(
-            "conn {} peer={} client={} listener={} framing={}",
-            self.id,
-            self.peer,
-            self.client,
-            self.kind.name(),
-            self.framing
-        )
-    }
 }
 
 async fn connection(
@@ -437,58 +493,58 @@ async fn connection(
     peer: SocketAddr,
     mut client_place: Option<ClientPlace>,
 ) {
-    let id = router.next_id.fetch_add(1, Ordering::Relaxed);
     let generation = router.generation();
     let local = socket.local_addr().unwrap_or(peer);
     let mut conn = Conn {
-        id,
         kind,
-        peer,
         local,
         client: peer,
         framing: "none",
     };
     if kind == Kind::Direct {
+        note("client", peer);
         let mut socket = socket;
         serve_tls(router, &generation, &mut conn, &mut socket).await;
         return;
     }
     let Some(up) = generation.config.upgrade.as_ref() else {
-        return warn!("conn {id} peer={peer} listener=upgrade: closed: the configuration reloaded since start has no [upgrade]");
+        return warn!("closed: the configuration reloaded since start has no [upgrade]");
     };
     let limits = &generation.config.limits;
     let mut stream: Box<dyn Io> = match &generation.upgrade_tls {
         None => Box::new(socket),
-        Some(acceptor) => match timeout(limits.handshake_timeout, acceptor.accept(socket)).await {
+        Some(acceptor) => match unless_closing!(
+            router,
+            timeout(limits.handshake_timeout, acceptor.accept(socket)),
+        ) {
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => {
                 return router.cutoffs.report("proxy TLS failed", || {
-                    format!(
-                        "conn {id} peer={peer} listener=upgrade: TLS from the proxy failed: {e}"
-                    )
+                    format!("TLS from the proxy failed: {e}")
                 })
             }
             Err(_) => {
                 return router.cutoffs.report("proxy TLS timeout", || {
-                    format!("conn {id} peer={peer} listener=upgrade: TLS from the proxy timed out")
+                    "TLS from the proxy timed out".to_string()
                 })
             }
         },
     };
-    let pending = match timeout(
-        limits.header_timeout,
-        upgrade::read_request(&mut stream, &up.names),
-    )
-    .await
-    {
+    let pending = match unless_closing!(
+        router,
+        timeout(
+            limits.header_timeout,
+            upgrade::read_request(&mut stream, &up.names),
+        ),
+    ) {
         Ok(Ok(p)) => p,
         Ok(Err(UpgradeError::Refused { status, reason })) => {
             router.metrics.refusal(status);
             return router.cutoffs.report(refusal_kind(status), || {
-                format!("conn {id} peer={peer} listener=upgrade: refused {status}: {reason}")
+                format!("refused {status}: {reason}")
             });
         }
-        Ok(Err(e)) => return debug!("conn {id} peer={peer} listener=upgrade: no upgrade: {e}"),
+        Ok(Err(e)) => return debug!("no upgrade: {e}"),
         Err(_) => {
             router.metrics.refusal(408);
             let reason = format!(
@@ -496,14 +552,15 @@ async fn connection(
                 humantime::format_duration(limits.header_timeout)
             );
             let _ = upgrade::refuse::<_, ()>(&mut stream, 408, &reason, &[]).await;
-            return router.cutoffs.report("refused 408", || {
-                format!("conn {id} peer={peer} listener=upgrade: cut off: {reason}")
-            });
+            return router
+                .cutoffs
+                .report("refused 408", || format!("cut off: {reason}"));
         }
     };
     if let (true, Some(addr)) = (trusted(&generation, peer), pending.accepted().client_addr) {
         conn.client = SocketAddr::new(addr, 0);
     }
+    note("client", conn.client);
     if client_place.is_none() {
         // Behind a trusted peer: the client it names is held to the limit.
         match router.places.take_client(conn.client.ip()) {
@@ -516,17 +573,18 @@ async fn connection(
                 router.metrics.turned_away("upgrade", "client_limit");
                 router.metrics.refusal(429);
                 let _ = upgrade::refuse::<_, ()>(&mut stream, 429, &reason, &[]).await;
-                return router.cutoffs.report("client_limit", || {
-                    format!("{}: refused 429: {reason}", conn.prefix())
-                });
+                return router
+                    .cutoffs
+                    .report("client_limit", || format!("refused 429: {reason}"));
             }
         }
     }
     let accepted = match pending.switch(&mut stream).await {
         Ok(a) => a,
-        Err(e) => return debug!("{}: answering the upgrade: {e}", conn.prefix()),
+        Err(e) => return debug!("answering the upgrade: {e}"),
     };
     conn.framing = accepted.framing.name();
+    note("framing", conn.framing);
     let mut framed = Framed::new(
         accepted.framing,
         Role::Server,
@@ -559,41 +617,44 @@ async fn serve_tls<S: Finish>(
     let listener = conn.kind.name();
     let config = &generation.config;
     let limits = &config.limits;
-    let (mut tls, hs) = match timeout(
-        limits.handshake_timeout,
-        tls::accept(&mut *stream, &generation.inner_tls, &config.routes),
-    )
-    .await
-    {
+    let (mut tls, hs) = match unless_closing!(
+        router,
+        timeout(
+            limits.handshake_timeout,
+            tls::accept(&mut *stream, &generation.inner_tls, &config.routes),
+        ),
+    ) {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             router.metrics.handshake_failure(listener, e.reason());
-            return router.cutoffs.report("inner TLS failed", || {
-                format!("{}: inner TLS: {e}", conn.prefix())
-            });
+            return router
+                .cutoffs
+                .report("inner TLS failed", || format!("inner TLS: {e}"));
         }
         Err(_) => {
             router.metrics.handshake_failure(listener, "timeout");
             return router.cutoffs.report("inner TLS timeout", || {
-                format!("{}: inner TLS handshake timed out", conn.prefix())
+                "inner TLS handshake timed out".to_string()
             });
         }
     };
     let route = &config.routes[hs.route];
     let label = route_label(route);
-    let sni = hs.sni.as_deref().unwrap_or("-");
-    let prefix = format!(
-        "{} sni={sni} alpn={} route={label}",
-        conn.prefix(),
-        route.alpn
-    );
+    if let Some(sni) = &hs.sni {
+        note("sni", sni);
+    }
+    note("alpn", &route.alpn);
+    note("route", &label);
     router.metrics.connection(listener, conn.framing, &label);
     let started = Instant::now();
-    let backend = match tunnel::dial(route, conn.client, conn.local, limits.connect_timeout).await {
+    let backend = match unless_closing!(
+        router,
+        tunnel::dial(route, conn.client, conn.local, limits.connect_timeout),
+    ) {
         Ok(b) => b,
         Err(e) => {
             router.metrics.backend_failure(&label);
-            warn!("{prefix}: backend unreachable, the client is told of a failure (no close_notify): {e}");
+            warn!("backend unreachable, the client is told of a failure (no close_notify): {e}");
             // No close_notify: the client must not take this for a clean end.
             let _ = timeout(tunnel::LINGER, tls.flush()).await;
             drop(tls);
@@ -601,18 +662,22 @@ async fn serve_tls<S: Finish>(
             return;
         }
     };
-    router.metrics.tunnel_opened();
-    debug!("{prefix} backend={}: tunnel open", route.backend);
+    let bytes = router.metrics.tunnel_opened(&label);
+    debug!(backend = %route.backend, "tunnel open");
     let quiet = Quiet {
         idle: route.idle_timeout,
         half_closed: limits.half_closed_timeout,
     };
-    let outcome = tunnel::pipe(&mut tls, backend, quiet).await;
+    let outcome = tunnel::pipe(&mut tls, backend, quiet, bytes, &router.closing).await;
     let ending = outcome.end.ending();
-    // close_notify only when the backend ended cleanly (or a quiet tunnel was
-    // closed): after a failure the client must see a truncation.
+    if ending == Ending::GoingAway {
+        router.metrics.closed_at_shutdown();
+    }
+    // close_notify only when the backend ended cleanly (or a quiet tunnel or
+    // the router's shutdown closed it): after a failure the client must see a
+    // truncation.
     match ending {
-        Ending::Clean => {
+        Ending::Clean | Ending::GoingAway => {
             let _ = timeout(tunnel::LINGER, tls.shutdown()).await;
         }
         Ending::Failed => {
@@ -621,15 +686,13 @@ async fn serve_tls<S: Finish>(
     }
     drop(tls);
     let duration = started.elapsed();
-    router
-        .metrics
-        .tunnel_closed(&label, outcome.to_backend, outcome.to_client, duration);
+    router.metrics.tunnel_closed(duration);
     info!(
-        "{prefix} backend={} to_backend={} to_client={} duration={:.3}s ended: {}",
-        route.backend,
-        outcome.to_backend,
-        outcome.to_client,
-        duration.as_secs_f64(),
+        backend = %route.backend,
+        to_backend = outcome.to_backend,
+        to_client = outcome.to_client,
+        duration_s = (duration.as_secs_f64() * 1000.0).round() / 1000.0,
+        "ended: {}",
         outcome.end
     );
     stream.finish(ending, limits.close_timeout).await;
@@ -676,7 +739,7 @@ async fn answer_metrics(router: &Router, socket: &mut TcpStream) {
     let (status, content_type, body) = match path.as_str() {
         "/metrics" => (
             "200 OK",
-            "text/plain; version=0.0.4",
+            crate::metrics::CONTENT_TYPE,
             router.metrics.render(),
         ),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),

@@ -5,6 +5,8 @@
 //! ends the tunnel as failed (which side failed is recorded), so that the client
 //! is not told of a clean end; and the end of the outer connection ([`Finish`])
 //! waits for the peer, so that no close turns its late bytes into a reset.
+//! When the drain grace period of a shutdown ends, the pipe stops and the
+//! tunnel is closed deliberately ([`End::Shutdown`], [`Ending::GoingAway`]).
 
 use std::fmt;
 use std::io;
@@ -20,8 +22,11 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Route;
+use crate::metrics::RouteBytes;
 use crate::proxy_protocol;
 use crate::tls;
 
@@ -143,6 +148,8 @@ impl Finish for Lingering {
 pub struct Lingering {
     socket: Option<TcpStream>,
     place: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Tracks the lingering close, so that a shutdown waits for it.
+    tracker: Option<TaskTracker>,
 }
 
 impl Lingering {
@@ -151,7 +158,14 @@ impl Lingering {
         Lingering {
             socket: Some(socket),
             place,
+            tracker: None,
         }
+    }
+
+    /// Runs the lingering close as a task of `tracker`.
+    pub fn tracked(mut self, tracker: TaskTracker) -> Self {
+        self.tracker = Some(tracker);
+        self
     }
 
     /// The local address of the connection.
@@ -175,10 +189,14 @@ impl Drop for Lingering {
         };
         // Outside a runtime (it is shutting down) the socket just closes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
+            let close = async move {
                 linger(socket).await;
                 drop(place);
-            });
+            };
+            match &self.tracker {
+                Some(tracker) => drop(tracker.spawn_on(close, &runtime)),
+                None => drop(runtime.spawn(close)),
+            }
         }
     }
 }
@@ -234,6 +252,8 @@ pub enum End {
     HalfClosed(Duration),
     /// A read or write failed (a reset, a TLS or framing error) on this side.
     Error(Side, io::Error),
+    /// The router shut down and the drain grace period ended first.
+    Shutdown,
 }
 
 impl End {
@@ -241,6 +261,7 @@ impl End {
     pub fn ending(&self) -> Ending {
         match self {
             End::Error(..) => Ending::Failed,
+            End::Shutdown => Ending::GoingAway,
             _ => Ending::Clean,
         }
     }
@@ -257,6 +278,7 @@ impl fmt::Display for End {
                 humantime::format_duration(*t)
             ),
             End::Error(side, e) => write!(f, "{side} error: {e}"),
+            End::Shutdown => write!(f, "closed by the router: the drain grace period is over"),
         }
     }
 }
@@ -300,22 +322,28 @@ pub struct Outcome {
 }
 
 /// Copies between `client` and `backend` until both directions are done, the
-/// tunnel is quiet for longer than `quiet` allows, or an error ends it.
+/// tunnel is quiet for longer than `quiet` allows, an error ends it, or
+/// `closing` is cancelled (the drain grace period is over). The bytes are
+/// added to `bytes` as they pass.
 pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     backend: Box<dyn Io>,
     quiet: Quiet,
+    bytes: RouteBytes,
+    closing: &CancellationToken,
 ) -> Outcome {
     let activity = Arc::new(Activity::new());
     let mut client = Metered {
         inner: client,
         activity: activity.clone(),
         count: Count::ToBackend,
+        total: bytes.to_backend,
     };
     let mut backend = Metered {
         inner: backend,
         activity: activity.clone(),
         count: Count::ToClient,
+        total: bytes.to_client,
     };
     let copy = crate::copy::bidirectional(&mut client, &mut backend);
     tokio::pin!(copy);
@@ -335,6 +363,7 @@ pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
                 Ok(_) => End::Closed,
                 Err(e) => End::Error(activity.failed_side(), e),
             },
+            _ = closing.cancelled() => break End::Shutdown,
             // A direction ending changes the limit: look again.
             _ = activity.half_closed_now.notified(), if !half => {}
             _ = sleep_until_some(deadline) => {
@@ -422,12 +451,14 @@ enum Count {
     ToClient,
 }
 
-/// Counts what is read from the stream it wraps, notes the time, an EOF and
-/// the first error.
+/// Counts what is read from the stream it wraps (for the tunnel and in the
+/// route's metric), notes the time, an EOF and the first error.
 struct Metered<S> {
     inner: S,
     activity: Arc<Activity>,
     count: Count,
+    /// The route's counter for this direction.
+    total: prometheus_client::metrics::counter::Counter,
 }
 
 impl<S> Metered<S> {
@@ -464,6 +495,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
                 Count::ToClient => &self.activity.to_client,
             };
             counter.fetch_add(n, Ordering::Relaxed);
+            self.total.inc_by(n);
             self.activity.touch();
         } else if room && matches!(result, Poll::Ready(Ok(()))) {
             // An EOF: this direction is over, the tunnel is half-closed.

@@ -1,5 +1,6 @@
 //! `alpn-router`: serve a configuration, or check one without serving.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -7,21 +8,34 @@ use alpn_router::config::Config;
 use alpn_router::descriptors;
 use alpn_router::server::{self, route_label, Listeners, Router};
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use log::{error, info, warn};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
+use tracing::level_filters::LevelFilter;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
 
 /// The ALPN router: answers tunnel upgrades from Envoy (and direct TLS), runs the
 /// inner TLS handshake and dispatches each stream to the backend of its ALPN.
 ///
 /// Signals: SIGHUP reloads routes and certificates (a bad file is refused and the
 /// old configuration stays); SIGTERM or Ctrl-C stop accepting and drain live
-/// tunnels for up to `limits.drain_grace`. Logs: RUST_LOG (default info).
+/// tunnels for up to `limits.drain_grace`, then close the rest. Logs: on stderr,
+/// filtered by RUST_LOG (default info).
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
+    /// How log lines are written: `text` for people, `json` (one object per
+    /// line, the connection's fields under `span`) for log pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -41,8 +55,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(config),
     };
@@ -52,6 +67,21 @@ fn main() -> ExitCode {
             error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr through `tracing`, filtered by RUST_LOG; lines from the `log`
+/// crate (the shared framing and upgrade code) are bridged into it.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
     }
 }
 

@@ -22,6 +22,9 @@ pub enum Ending {
     /// failed: no `close_notify`, WebSocket Close 1011, so the client sees a
     /// truncation rather than a clean end.
     Failed,
+    /// The router is shutting down and the drain grace period is over: TLS
+    /// `close_notify`, WebSocket Close 1001 (going away).
+    GoingAway,
 }
 
 /// The end of an outer connection once the inner TLS is over.
@@ -137,11 +140,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Finish for Framed<S> {
         let wait = async {
             match &mut self.kind {
                 // A WebSocket tunnel ends with the closing handshake: our Close
-                // (1000, or 1011 when the tunnel failed), then the peer's.
+                // (1000; 1011 when the tunnel failed; 1001 when the router is
+                // going away), then the peer's.
                 Kind::WebSocket(ws) => {
                     ws.queue_close(match ending {
                         Ending::Clean => websocket::CLOSE_NORMAL,
                         Ending::Failed => websocket::CLOSE_INTERNAL_ERROR,
+                        Ending::GoingAway => websocket::CLOSE_GOING_AWAY,
                     });
                     let _ = ws.flush().await;
                 }

@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::{poll_fill, poll_read_limited, Pinger, Role};
 
 pub(crate) use crate::websocket::{
-    apply_mask, close_code_allowed, encode_header, CLOSE_INTERNAL_ERROR, CLOSE_INVALID_PAYLOAD,
-    CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED_DATA, FIN, MASKED, MAX_CONTROL,
-    MAX_HEADER, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
+    apply_mask, close_code_allowed, encode_header, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED_DATA, FIN, MASKED,
+    MAX_CONTROL, MAX_HEADER, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
 };
 
 /// The largest payload of a data frame written; readers accept up to 2^63 - 1.

@@ -238,7 +238,8 @@ fn main() {
     heading("4. What each hop recorded");
     println!("   the router, one line per tunnel (framing, SNI, ALPN, route, bytes each way, why it ended):");
     for line in router.log().lines().filter(|l| l.contains(" ended: ")) {
-        println!("     {}", line.split("] ").nth(1).unwrap_or(line));
+        // From the connection's span on: the time and level say nothing here.
+        println!("     {}", line.find("conn{").map_or(line, |i| &line[i..]));
     }
     println!("   Envoy's filter (admin /stats):");
     let stats = http::get(envoy.admin, "/stats?filter=alpn_upgrade").text();
