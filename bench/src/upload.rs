@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::client::{Client, Options, Path, ServerUrl, UpgradeMode};
 use alpn_router::tunnel::Io;
+use alpn_tunnel::{Client, Options, Path, ServerUrl, UpgradeMode};
 use tokio::io::AsyncWriteExt;
 
 use crate::backend::Backend;

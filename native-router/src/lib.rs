@@ -2,7 +2,8 @@
 //! handshake and dispatches the stream to the backend chosen by ALPN
 //! (PROTOCOL.md sections 2 to 5 and 7).
 //!
-//! - [`config`]: the TOML file, validated at load; [`client`]: the client end.
+//! - [`config`]: the TOML file, validated at load. The client end is the
+//!   `alpn-tunnel` crate.
 //! - [`upgrade`]: the server's side of the HTTP upgrade handshake (the
 //!   protocol, its framings and the client's side are in `alpn-protocol`).
 //! - [`tls`]: the inner TLS, the route chosen from the ClientHello ([`route`]).
@@ -13,7 +14,6 @@
 //!   connections logged without letting a client choose the volume; [`metrics`].
 
 pub mod admission;
-pub mod client;
 pub mod config;
 pub mod copy;
 pub mod cutoffs;

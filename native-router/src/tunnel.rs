@@ -30,9 +30,8 @@ use crate::metrics::RouteBytes;
 use crate::proxy_protocol;
 use crate::tls;
 
-/// Any stream a tunnel can carry.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// Any stream a tunnel can carry (the protocol crate's).
+pub use alpn_protocol::framing::Io;
 
 /// Why a backend could not be reached.
 #[derive(Debug, thiserror::Error)]

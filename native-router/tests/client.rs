@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::client::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
+use alpn_tunnel::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
@@ -109,7 +109,7 @@ impl Chain {
         ca: &std::path::Path,
         outer_ca: &std::path::Path,
     ) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_alpn-tunnel"));
+        let mut c = Command::new(integration_tests::tunnel_bin());
         c.args([
             sub,
             "--server",
@@ -425,7 +425,7 @@ fn a_server_that_never_answers_fails_within_the_deadline() {
         ),
         (format!("http://{}", silent.addr), "the upgrade answer"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_alpn-tunnel"))
+        let out = Command::new(integration_tests::tunnel_bin())
             .args([
                 "connect",
                 "--server",

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::client::{Client, Options, ServerUrl, UpgradeMode};
+use alpn_tunnel::{Client, Options, ServerUrl, UpgradeMode};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framed, Framing, Role, Subprotocol};
-use alpn_router::client::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
 use alpn_router::tunnel::Io;
 use alpn_router::upgrade;
+use alpn_tunnel::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use support::{backend, config, echo, router_server_config, Pki, RouterProcess, DEADLINE};

@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::client::{Client, Options, ServerUrl, Timeouts, UpgradeMode};
 use alpn_router::proxy_protocol;
+use alpn_tunnel::{Client, Options, ServerUrl, Timeouts, UpgradeMode};
 use integration_tests::databases::{Postgres, Redis};
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
@@ -126,7 +126,7 @@ impl Setup {
 
 /// `psql` and `redis-cli` through one `alpn-tunnel forward` process.
 fn real_clients(s: &Setup) {
-    let mut forward = Command::new(env!("CARGO_BIN_EXE_alpn-tunnel"));
+    let mut forward = Command::new(integration_tests::tunnel_bin());
     forward
         .args([
             "forward",

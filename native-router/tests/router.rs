@@ -8,9 +8,9 @@ use std::net::TcpStream;
 use std::sync::Mutex;
 
 use alpn_protocol::framing::{Framed, Framing, Role, Subprotocol};
-use alpn_router::client;
 use alpn_router::proxy_protocol;
 use alpn_router::tls::client_config;
+use alpn_tunnel as client;
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
 use support::{

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::client;
 use alpn_router::proxy_protocol;
 use alpn_router::tls::client_config;
+use alpn_tunnel as client;
 use integration_tests::envoy::{Bootstrap, Envoy};
 use support::{backend, config, proxy_then_echo, Backend, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alpn_protocol::framing::Framing;
-use alpn_router::client;
 use alpn_router::tls::{client_config, provider};
+use alpn_tunnel as client;
 use rustls::pki_types::ServerName;
 use support::{
     backend, config, echo, other_cert, tls_echo_backend, tunnel, Pki, RouterProcess, DEADLINE,

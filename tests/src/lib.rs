@@ -37,6 +37,11 @@ pub fn envoy_bin() -> PathBuf {
     built(".venv/bin/envoy", "make envoy")
 }
 
+/// The `alpn-tunnel` binary (the client crate's), built by `make build`.
+pub fn tunnel_bin() -> PathBuf {
+    built("target/debug/alpn-tunnel", "cargo build -p alpn-tunnel")
+}
+
 /// The filter as Envoy loads it.
 pub fn filter_wasm() -> PathBuf {
     built(

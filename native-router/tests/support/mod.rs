@@ -15,10 +15,10 @@ use std::thread;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::client;
 use alpn_router::config::CertKey;
 use alpn_router::tls::client_config;
 use alpn_router::tunnel::Io;
+use alpn_tunnel as client;
 use integration_tests::tls::{self, ca};
 use rcgen::{CertifiedIssuer, KeyPair};
 use rustls::pki_types::CertificateDer;

@@ -12,6 +12,11 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{websocket, AlpnPingStream, Framing, Role, WebSocketStream};
 
+/// Any stream a tunnel can carry: the router's and the client's streams are
+/// boxed as this.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// How a tunnel ended, as the client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {

@@ -18,7 +18,7 @@ pub mod websocket;
 #[cfg(feature = "tokio")]
 pub use alpn_ping::AlpnPingStream;
 #[cfg(feature = "tokio")]
-pub use framed::{discard_until_end, Ending, Finish, Framed, Prefixed};
+pub use framed::{discard_until_end, Ending, Finish, Framed, Io, Prefixed};
 #[cfg(feature = "tokio")]
 pub(crate) use framed::{poll_fill, poll_read_limited, Pinger};
 #[cfg(feature = "tokio")]

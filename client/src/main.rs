@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alpn_router::client::{explain, probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
-use alpn_router::config::{read_cert_key, read_certs};
+use alpn_tunnel::pem::{read_cert_key, read_certs};
+use alpn_tunnel::{explain, probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};

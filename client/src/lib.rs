@@ -5,8 +5,10 @@
 
 mod detect;
 pub mod handshake;
+pub mod pem;
 pub mod probe;
 pub mod server_url;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -18,9 +20,9 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::CertKey;
+use crate::pem::CertKey;
 use crate::tls::client_config;
-use crate::tunnel::Io;
+use alpn_protocol::framing::Io;
 use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_protocol::handshake::AnswerError;
 
