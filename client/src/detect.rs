@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::time::timeout;
 
 use super::{roots, Client, ClientError, DEFAULT_FRAMING};
@@ -102,10 +102,7 @@ fn detection_config(
     client: &Client,
     trusted: &[CertificateDer<'static>],
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let mut roots = RootCertStore::empty();
-    for ca in trusted {
-        roots.add(ca.clone())?;
-    }
+    let roots = crate::tls::root_store(trusted)?;
     let provider = crate::tls::provider();
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 
 /// A configuration that cannot be used.
@@ -569,10 +569,20 @@ impl Config {
                 .transpose()?;
             let backend_tls = match r.backend_tls {
                 None => None,
-                Some(t) => Some(BackendTls {
-                    ca: ctx.certs(&key("backend_tls.ca"), &t.ca)?,
-                    sni: t.sni.unwrap_or_else(|| host.to_string()),
-                }),
+                Some(t) => {
+                    let ca = ctx.certs(&key("backend_tls.ca"), &t.ca)?;
+                    let (sni, default) = match t.sni {
+                        Some(s) => (s, ""),
+                        None => (host.to_string(), " (the backend's host; set this key)"),
+                    };
+                    if ServerName::try_from(sni.as_str()).is_err() {
+                        return Err(ctx.invalid(
+                            key("backend_tls.sni"),
+                            format!("{sni:?}{default} is not a DNS name or IP address"),
+                        ));
+                    }
+                    Some(BackendTls { ca, sni })
+                }
             };
             routes.push(Route {
                 alpn: r.alpn,

@@ -35,7 +35,7 @@ use crate::config::{Config, Route};
 use crate::cutoffs::{self, Cutoffs};
 use crate::descriptors::REFUSALS_IN_FLIGHT;
 use crate::metrics::Metrics;
-use crate::tls::{self, InnerTls};
+use crate::tls;
 use crate::tunnel::{self, Io, Quiet};
 use crate::upgrade::{self, UpgradeError};
 use alpn_protocol::framing::{Ending, Finish};
@@ -45,30 +45,15 @@ use alpn_protocol::framing::{Framed, Role};
 pub struct Generation {
     /// The configuration.
     pub config: Config,
-    inner_tls: InnerTls,
-    upgrade_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Its TLS configurations, built once for every connection it serves.
+    tls: tls::Configs,
 }
 
 impl Generation {
     /// Builds the TLS configurations of `config`.
     pub fn new(config: Config) -> Result<Generation, rustls::Error> {
-        let inner_tls = InnerTls::new(&config)?;
-        let upgrade_tls = match config.upgrade.as_ref().and_then(|u| u.tls.as_ref()) {
-            None => None,
-            Some(ck) => {
-                let mut server = rustls::ServerConfig::builder_with_provider(tls::provider())
-                    .with_safe_default_protocol_versions()?
-                    .with_no_client_auth()
-                    .with_single_cert(ck.chain.clone(), ck.key.clone_key())?;
-                server.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
-            }
-        };
-        Ok(Generation {
-            config,
-            inner_tls,
-            upgrade_tls,
-        })
+        let tls = tls::Configs::new(&config)?;
+        Ok(Generation { config, tls })
     }
 }
 
@@ -511,7 +496,7 @@ async fn connection(
         return warn!("closed: the configuration reloaded since start has no [upgrade]");
     };
     let limits = &generation.config.limits;
-    let mut stream: Box<dyn Io> = match &generation.upgrade_tls {
+    let mut stream: Box<dyn Io> = match generation.tls.upgrade() {
         None => Box::new(socket),
         Some(acceptor) => match unless_closing!(
             router,
@@ -621,7 +606,7 @@ async fn serve_tls<S: Finish>(
         router,
         timeout(
             limits.handshake_timeout,
-            tls::accept(&mut *stream, &generation.inner_tls, &config.routes),
+            tls::accept(&mut *stream, generation.tls.inner(), &config.routes),
         ),
     ) {
         Ok(Ok(x)) => x,
@@ -649,7 +634,13 @@ async fn serve_tls<S: Finish>(
     let started = Instant::now();
     let backend = match unless_closing!(
         router,
-        tunnel::dial(route, conn.client, conn.local, limits.connect_timeout),
+        tunnel::dial(
+            route,
+            generation.tls.backend(hs.route),
+            conn.client,
+            conn.local,
+            limits.connect_timeout,
+        ),
     ) {
         Ok(b) => b,
         Err(e) => {

@@ -1,8 +1,12 @@
+//! Every TLS configuration the router uses, built once per configuration load
+//! ([`Configs`]) and shared as `Arc`, so that no connection reads or builds one.
+//!
 //! The inner TLS (PROTOCOL.md section 5): read the ClientHello first, choose the
 //! route from its ALPN list and SNI, then finish the handshake with exactly that
 //! route's ALPN and client-certificate policy. No route: the handshake fails with
-//! the `no_application_protocol` alert. Also the TLS client configurations the
-//! router uses towards backends that want TLS.
+//! the `no_application_protocol` alert. Also the upgrade listener's own TLS
+//! (Envoy to router) and the client configuration towards each backend that
+//! wants TLS: one per route, so its session cache lets later dials resume.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,19 +15,148 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor, TlsConnector};
 
-use crate::config::{CertKey, Config, Route};
+use crate::config::{BackendTls, CertKey, Config, Route};
 use crate::route;
 
 /// The crypto provider (ring: builds with a C compiler alone).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A root store holding `cas`: every verifier the router builds (of client
+/// certificates, of backends) starts from one.
+pub fn root_store(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone())?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Every TLS configuration of one configuration load: the inner TLS per route,
+/// the upgrade listener's acceptor and the client configuration towards each
+/// route's backend. A reload builds a new set, so a changed certificate or CA
+/// takes effect for new connections, and no session outlives its generation.
+pub struct Configs {
+    inner: InnerTls,
+    /// By route index; `None` where the backend takes plain TCP.
+    backends: Vec<Option<BackendConnector>>,
+    upgrade: Option<TlsAcceptor>,
+}
+
+impl fmt::Debug for Configs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Configs")
+            .field("inner", &self.inner)
+            .field("backends", &self.backends)
+            .field("upgrade", &self.upgrade.is_some())
+            .finish()
+    }
+}
+
+impl Configs {
+    /// Builds every TLS configuration `config` names.
+    pub fn new(config: &Config) -> Result<Configs, rustls::Error> {
+        let provider = provider();
+        let backends = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.backend_tls
+                    .as_ref()
+                    .map(|t| BackendConnector::new(&provider, t, i))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Configs {
+            inner: InnerTls::with_provider(&provider, config)?,
+            backends,
+            upgrade: upgrade_acceptor(&provider, config)?,
+        })
+    }
+
+    /// The inner TLS server configurations.
+    pub fn inner(&self) -> &InnerTls {
+        &self.inner
+    }
+
+    /// TLS towards the backend of route `index`, if it wants TLS.
+    pub fn backend(&self, index: usize) -> Option<&BackendConnector> {
+        self.backends.get(index).and_then(Option::as_ref)
+    }
+
+    /// The upgrade listener's acceptor, if it takes TLS.
+    pub fn upgrade(&self) -> Option<&TlsAcceptor> {
+        self.upgrade.as_ref()
+    }
+}
+
+/// The upgrade listener's own TLS (as Envoy's upstream TLS speaks it: HTTP/1.1).
+fn upgrade_acceptor(
+    provider: &Arc<CryptoProvider>,
+    config: &Config,
+) -> Result<Option<TlsAcceptor>, rustls::Error> {
+    let Some(ck) = config.upgrade.as_ref().and_then(|u| u.tls.as_ref()) else {
+        return Ok(None);
+    };
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(ck.chain.clone(), ck.key.clone_key())?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(server))))
+}
+
+/// TLS towards one route's backend: one client configuration for every dial
+/// (its session cache lets later handshakes resume) and the name to verify.
+#[derive(Clone)]
+pub struct BackendConnector {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl fmt::Debug for BackendConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BackendConnector({})", self.name.to_str())
+    }
+}
+
+impl BackendConnector {
+    /// The connector of route `index` (its number in errors).
+    fn new(
+        provider: &Arc<CryptoProvider>,
+        tls: &BackendTls,
+        index: usize,
+    ) -> Result<BackendConnector, rustls::Error> {
+        let name = ServerName::try_from(tls.sni.clone()).map_err(|e| {
+            rustls::Error::General(format!(
+                "route[{index}].backend_tls.sni: {:?} is not a DNS name or IP address: {e}",
+                tls.sni
+            ))
+        })?;
+        let config = client_config_with(provider, &tls.ca, &[], None)?;
+        Ok(BackendConnector {
+            connector: TlsConnector::from(config),
+            name,
+        })
+    }
+
+    /// Runs the TLS handshake with the backend on `io`.
+    pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: S,
+    ) -> io::Result<tokio_rustls::client::TlsStream<S>> {
+        self.connector.connect(self.name.clone(), io).await
+    }
 }
 
 /// A fatal `no_application_protocol` alert record, sent in the clear before any
@@ -65,19 +198,25 @@ fn certified(provider: &CryptoProvider, ck: &CertKey) -> Result<Arc<CertifiedKey
 impl InnerTls {
     /// Builds every route's server configuration.
     pub fn new(config: &Config) -> Result<InnerTls, rustls::Error> {
-        let provider = provider();
+        Self::with_provider(&provider(), config)
+    }
+
+    fn with_provider(
+        provider: &Arc<CryptoProvider>,
+        config: &Config,
+    ) -> Result<InnerTls, rustls::Error> {
         let mut by_name = HashMap::new();
         for (name, ck) in &config.sni_certs {
-            by_name.insert(name.clone(), certified(&provider, ck)?);
+            by_name.insert(name.clone(), certified(provider, ck)?);
         }
         let certs = Arc::new(SniCerts {
             by_name,
-            default: certified(&provider, &config.default_cert)?,
+            default: certified(provider, &config.default_cert)?,
         });
         let per_route = config
             .routes
             .iter()
-            .map(|r| server_config(&provider, certs.clone(), r))
+            .map(|r| server_config(provider, certs.clone(), r))
             .collect::<Result<_, _>>()?;
         Ok(InnerTls { per_route })
     }
@@ -93,12 +232,8 @@ fn server_config(
     let builder = match &route.client_ca {
         None => builder.with_no_client_auth(),
         Some(cas) => {
-            let mut roots = RootCertStore::empty();
-            for ca in cas {
-                roots.add(ca.clone())?;
-            }
             let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                WebPkiClientVerifier::builder_with_provider(root_store(cas)?, provider.clone())
                     .build()
                     .map_err(|e| rustls::Error::General(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
@@ -207,21 +342,26 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A TLS client configuration trusting `cas`, offering `alpn` (may be empty),
-/// with an optional client certificate.
+/// with an optional client certificate. Build it once and share it: its
+/// session cache is what lets later handshakes resume.
 pub fn client_config(
-    cas: &[rustls::pki_types::CertificateDer<'static>],
+    cas: &[CertificateDer<'static>],
     alpn: &[&str],
     client_cert: Option<&CertKey>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = provider();
-    let mut roots = RootCertStore::empty();
-    for ca in cas {
-        roots.add(ca.clone())?;
-    }
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    client_config_with(&provider(), cas, alpn, client_cert)
+}
+
+fn client_config_with(
+    provider: &Arc<CryptoProvider>,
+    cas: &[CertificateDer<'static>],
+    alpn: &[&str],
+    client_cert: Option<&CertKey>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let verifier = WebPkiServerVerifier::builder_with_provider(root_store(cas)?, provider.clone())
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let builder = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .with_webpki_verifier(verifier);
     let mut config = match client_cert {

@@ -18,7 +18,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use alpn_protocol::framing::{discard_until_end, Ending, Finish};
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -28,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Route;
 use crate::metrics::RouteBytes;
 use crate::proxy_protocol;
-use crate::tls;
+use crate::tls::BackendConnector;
 
 /// Any stream a tunnel can carry (the protocol crate's).
 pub use alpn_protocol::framing::Io;
@@ -63,9 +62,11 @@ pub enum DialError {
 }
 
 /// Connects to `route`'s backend for a client at `client` that reached the
-/// router at `local`.
+/// router at `local`, with TLS through `tls` when the route has it (the
+/// generation's connector for the route: built once, so sessions resume).
 pub async fn dial(
     route: &Route,
+    tls: Option<&BackendConnector>,
     client: SocketAddr,
     local: SocketAddr,
     deadline: Duration,
@@ -88,21 +89,13 @@ pub async fn dial(
                     error,
                 })?;
         }
-        let Some(btls) = &route.backend_tls else {
+        let Some(tls) = tls else {
             return Ok(Box::new(tcp) as Box<dyn Io>);
         };
-        let tls_err = |error: io::Error| DialError::Tls {
+        let stream = tls.connect(tcp).await.map_err(|error| DialError::Tls {
             backend: backend.clone(),
             error,
-        };
-        let config =
-            tls::client_config(&btls.ca, &[], None).map_err(|e| tls_err(io::Error::other(e)))?;
-        let name =
-            ServerName::try_from(btls.sni.clone()).map_err(|e| tls_err(io::Error::other(e)))?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(tls_err)?;
+        })?;
         Ok(Box::new(stream) as Box<dyn Io>)
     };
     match tokio::time::timeout(deadline, work).await {

@@ -135,6 +135,11 @@ fn every_mistake_names_its_key() {
             "proxy_protocol = \"yes\"",
             "route[0].proxy_protocol",
         ),
+        (
+            "proxy_protocol = true",
+            "proxy_protocol = true\nbackend_tls = { ca = \"clients-ca.pem\", sni = \"not a name\" }",
+            "route[0].backend_tls.sni",
+        ),
     ];
     for (from, to, key) in cases {
         assert!(EXAMPLE.contains(from), "{from:?} is not in the example");

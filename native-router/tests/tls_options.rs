@@ -1,5 +1,6 @@
 //! The router's TLS options end to end: TLS to the backend (verified with the
-//! route's CA and SNI), TLS on the upgrade listener (Envoy to router), server
+//! route's CA and SNI, its sessions resumed across dials, a new CA taking effect
+//! at reload), TLS on the upgrade listener (Envoy to router), server
 //! certificates per SNI, and TLS 1.2 beside 1.3.
 
 mod support;
@@ -8,11 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alpn_protocol::framing::Framing;
-use alpn_router::tls::{client_config, provider};
+use alpn_router::tls::{client_config, provider, root_store};
 use alpn_tunnel as client;
+use integration_tests::tls::ca;
 use rustls::pki_types::ServerName;
 use support::{
-    backend, config, echo, other_cert, tls_echo_backend, tunnel, Pki, RouterProcess, DEADLINE,
+    backend, config, echo, other_cert, tls_echo_backend, tunnel, Backend, Pki, RouterProcess,
+    DEADLINE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -55,6 +58,55 @@ async fn tls_to_the_backend_is_verified_with_the_routes_ca_and_sni() {
         line.contains("route=wrong-name") && line.contains("TLS to"),
         "{line}"
     );
+}
+
+/// The backend's handshakes so far, `full` or `resumed`.
+fn handshakes(backend: &Backend) -> Vec<String> {
+    let seen = backend.seen.lock().unwrap();
+    seen.iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_sessions_resume_across_dials_and_a_reload_takes_a_new_ca() {
+    let pki = Pki::new();
+    let secure = tls_echo_backend(pki.dir.path());
+    let routes = format!(
+        "[[route]]\nalpn = \"good\"\nbackend = \"{}\"\nbackend_tls = {{ ca = \"backend-ca.pem\", sni = \"backend.test\" }}\n",
+        secure.addr
+    );
+    let toml = config(&routes);
+    let mut router = RouterProcess::start(pki.dir.path(), &toml);
+    for _ in 0..2 {
+        let (mut s, _) = tunnel(&pki, router.direct, None, &["good"], None)
+            .await
+            .unwrap();
+        assert_eq!(echo_once(&mut s).await.unwrap(), b"hello backend");
+    }
+    assert_eq!(
+        handshakes(&secure),
+        ["full", "resumed"],
+        "the route's second dial resumes the first one's TLS session with the backend"
+    );
+
+    // A reload builds the backend configuration anew: a CA that does not
+    // verify the backend takes effect at once (a session kept from the old
+    // generation would skip the certificate check).
+    std::fs::write(pki.path("backend-ca.pem"), ca("not the backend's CA").pem()).unwrap();
+    router.rewrite(&toml);
+    router.signal("HUP");
+    router.wait_for("reload: now serving routes");
+    let (mut s, _) = tunnel(&pki, router.direct, None, &["good"], None)
+        .await
+        .unwrap();
+    assert!(
+        echo_once(&mut s).await.is_err(),
+        "after the reload the backend is verified with the new CA"
+    );
+    let line = router.wait_for("backend unreachable");
+    assert!(line.contains("TLS to"), "{line}");
+    assert_eq!(handshakes(&secure), ["full", "resumed"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,8 +169,7 @@ async fn server_certificates_per_sni_and_tls_1_2() {
     assert_eq!(echo_once(&mut tls).await.unwrap(), b"hello backend");
 
     // Any other name gets the default certificate; TLS 1.2 works as well as 1.3.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.server_ca.clone()).unwrap();
+    let roots = root_store(std::slice::from_ref(&pki.server_ca)).unwrap();
     let mut tls12 = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()

@@ -345,6 +345,8 @@ pub fn router_server_config(pki: &Pki, alpn: &str) -> rustls::ServerConfig {
 }
 
 /// A TLS echo backend for `backend.test`, its CA written to `dir/backend-ca.pem`.
+/// It records each connection's handshake as `full` or `resumed` (in `seen`,
+/// once the first bytes have come), so tests can see session resumption.
 pub fn tls_echo_backend(dir: &Path) -> Backend {
     use rustls::{ServerConfig, ServerConnection, StreamOwned};
     let ca = ca("backend CA");
@@ -360,16 +362,27 @@ pub fn tls_echo_backend(dir: &Path) -> Backend {
     );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let record = seen.clone();
     thread::spawn(move || {
         for tcp in listener.incoming().flatten() {
             let config = config.clone();
+            let record = record.clone();
             thread::spawn(move || {
                 let mut tls = StreamOwned::new(ServerConnection::new(config).unwrap(), tcp);
                 let mut buf = vec![0u8; 16 * 1024];
+                let mut first = true;
                 loop {
                     match tls.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
+                            if std::mem::take(&mut first) {
+                                let kind = match tls.conn.handshake_kind() {
+                                    Some(rustls::HandshakeKind::Resumed) => "resumed",
+                                    _ => "full",
+                                };
+                                record.lock().unwrap().push(kind.into());
+                            }
                             if tls.write_all(&buf[..n]).is_err() {
                                 return;
                             }
@@ -381,10 +394,7 @@ pub fn tls_echo_backend(dir: &Path) -> Backend {
             });
         }
     });
-    Backend {
-        addr,
-        seen: Arc::default(),
-    }
+    Backend { addr, seen }
 }
 
 /// Writes a certificate for `other.test` from a CA of its own into `dir`
