@@ -13,7 +13,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::proxy_protocol;
 use alpn_tunnel::{Client, Options, ServerUrl, Timeouts, UpgradeMode};
 use integration_tests::databases::{Postgres, Redis};
 use integration_tests::envoy::{Bootstrap, Envoy};
@@ -21,8 +20,8 @@ use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::{payload, stubs};
 use sha1::{Digest, Sha1};
 use support::{
-    backend, config, echo_round_trip, proxy_then_echo, Backend, Logged, Pki, RouterProcess,
-    DEADLINE,
+    backend, config, echo_round_trip, proxy_then_echo, proxy_v2, Backend, Logged, Pki,
+    RouterProcess, DEADLINE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -271,7 +270,7 @@ fn client_addresses(s: &Setup) {
     let seen = s.echo.seen.lock().unwrap().clone();
     assert!(!seen.is_empty());
     for header in seen {
-        let (src, _, _) = proxy_protocol::parse(&header).expect("a PROXY v2 header");
+        let (src, _) = proxy_v2(&header).expect("a PROXY v2 header");
         assert_eq!(
             src.ip(),
             CLIENT.parse::<IpAddr>().unwrap(),

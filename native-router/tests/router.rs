@@ -8,13 +8,12 @@ use std::net::TcpStream;
 use std::sync::Mutex;
 
 use alpn_protocol::framing::{Framed, Framing, Role, Subprotocol};
-use alpn_router::proxy_protocol;
 use alpn_router::tls::client_config;
 use alpn_tunnel as client;
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
 use support::{
-    addr_for, backend, config, echo, echo_round_trip, name, proxy_then_echo, tunnel, Pki,
+    addr_for, backend, config, echo, echo_round_trip, name, proxy_then_echo, proxy_v2, tunnel, Pki,
     RouterProcess, DEADLINE, FRAMINGS,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -271,14 +270,14 @@ async fn the_backend_gets_the_real_client_address_in_proxy_v2() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let seen = db.seen.lock().unwrap().clone();
-    let (src, dst, _) = proxy_protocol::parse(&seen[0]).expect("a PROXY v2 header");
+    let (src, dst) = proxy_v2(&seen[0]).expect("a PROXY v2 header");
     assert_eq!(
         src.ip().to_string(),
         "203.0.113.9",
         "the address Envoy vouched for"
     );
     assert_eq!(dst, router.upgrade);
-    let (src, dst, _) = proxy_protocol::parse(&seen[1]).expect("a PROXY v2 header");
+    let (src, dst) = proxy_v2(&seen[1]).expect("a PROXY v2 header");
     assert_eq!(
         (src.ip().to_string(), dst),
         ("127.0.0.1".to_string(), router.direct),
@@ -294,7 +293,7 @@ async fn the_backend_gets_the_real_client_address_in_proxy_v2() {
     upgrade_as_envoy(&pki, &untrusted, "203.0.113.9").await;
     let seen = db.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3, "one header per tunnel");
-    let (src, dst, _) = proxy_protocol::parse(&seen[2]).unwrap();
+    let (src, dst) = proxy_v2(&seen[2]).unwrap();
     assert_eq!(
         (src.ip().to_string(), dst),
         ("127.0.0.1".to_string(), untrusted.upgrade)

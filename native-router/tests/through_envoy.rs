@@ -10,11 +10,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::proxy_protocol;
 use alpn_router::tls::client_config;
 use alpn_tunnel as client;
 use integration_tests::envoy::{Bootstrap, Envoy};
-use support::{backend, config, proxy_then_echo, Backend, Pki, RouterProcess, DEADLINE};
+use support::{backend, config, proxy_then_echo, proxy_v2, Backend, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -120,7 +119,7 @@ async fn upgrade_through_envoy_then_inner_tls_then_echo() {
     let seen = db.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3);
     for (i, header) in seen.iter().enumerate() {
-        let (src, _, _) = proxy_protocol::parse(header).expect("PROXY v2");
+        let (src, _) = proxy_v2(header).expect("PROXY v2");
         assert_eq!(
             src.ip().to_string(),
             format!("198.51.100.{i}"),
@@ -155,7 +154,7 @@ async fn a_client_bypassing_the_load_balancer_cannot_choose_its_address() {
         .unwrap()
         .iter()
         .map(|header| {
-            let (src, _, _) = proxy_protocol::parse(header).expect("PROXY v2");
+            let (src, _) = proxy_v2(header).expect("PROXY v2");
             src.ip().to_string()
         })
         .collect();

@@ -286,6 +286,32 @@ pub fn proxy_then_echo(mut conn: TcpStream, seen: &Mutex<Vec<Vec<u8>>>) {
     echo(conn, seen);
 }
 
+/// The source and destination in the PROXY v2 header `bytes` (one whole
+/// header, as [`proxy_then_echo`] records it), read by `ppp`, a parser
+/// independent of the router's encoder; `None` unless it is a PROXY command for
+/// TCP over IPv4 or IPv6 that spans exactly `bytes`.
+pub fn proxy_v2(bytes: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
+    use ppp::v2::{Addresses, Command, Header, Protocol};
+    let header = Header::try_from(bytes).ok()?;
+    if header.len() != bytes.len()
+        || header.command != Command::Proxy
+        || header.protocol != Protocol::Stream
+    {
+        return None;
+    }
+    match header.addresses {
+        Addresses::IPv4(a) => Some((
+            SocketAddr::from((a.source_address, a.source_port)),
+            SocketAddr::from((a.destination_address, a.destination_port)),
+        )),
+        Addresses::IPv6(a) => Some((
+            SocketAddr::from((a.source_address, a.source_port)),
+            SocketAddr::from((a.destination_address, a.destination_port)),
+        )),
+        _ => None,
+    }
+}
+
 /// Opens a tunnel to `alpns` through `framing` (or directly when `None`),
 /// trusting the PKI's server CA; returns the stream and the negotiated ALPN.
 pub async fn tunnel(
