@@ -24,7 +24,8 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML, or a key is unknown or of the wrong type.
+    /// The file is not valid TOML, a key is unknown, or a value is of the
+    /// wrong type or out of range (each value is checked as it is read).
     #[error("{path}: key {key:?}: {message}")]
     Syntax {
         /// The file.
@@ -34,7 +35,8 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A value is well-formed TOML but not usable.
+    /// Values that are each well-formed but not usable: a file that cannot be
+    /// read or a key that does not match its certificate, rules across keys.
     #[error("{path}: key {key:?}: {message}")]
     Invalid {
         /// The file.
@@ -51,9 +53,10 @@ pub enum ConfigError {
 struct RawConfig {
     upgrade: Option<RawUpgrade>,
     direct: Option<RawListen>,
-    metrics: Option<RawMetrics>,
+    metrics: Option<MetricsListener>,
     tls: RawTls,
-    limits: Option<RawLimits>,
+    #[serde(default)]
+    limits: Limits,
     #[serde(default)]
     route: Vec<RawRoute>,
 }
@@ -61,25 +64,23 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpgrade {
-    listen: String,
-    path: Option<String>,
-    trusted_peers: Option<Vec<String>>,
-    ping_interval: Option<String>,
+    listen: SocketAddr,
+    #[serde(default = "de::default_path", deserialize_with = "de::upgrade_path")]
+    path: String,
+    #[serde(default, deserialize_with = "de::nets")]
+    trusted_peers: Vec<IpNet>,
+    #[serde(
+        default = "de::default_ping_interval",
+        deserialize_with = "de::nonzero_duration"
+    )]
+    ping_interval: Duration,
     tls: Option<RawCert>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListen {
-    listen: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    listen: String,
-    max_connections: Option<usize>,
-    request_timeout: Option<String>,
+    listen: SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +102,7 @@ struct RawCert {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSniCert {
+    #[serde(deserialize_with = "de::sni_name")]
     name: String,
     cert: String,
     key: String,
@@ -108,27 +110,18 @@ struct RawSniCert {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLimits {
-    header_timeout: Option<String>,
-    handshake_timeout: Option<String>,
-    connect_timeout: Option<String>,
-    max_connections: Option<usize>,
-    max_connections_per_client: Option<usize>,
-    drain_grace: Option<String>,
-    close_timeout: Option<String>,
-    half_closed_timeout: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRoute {
+    #[serde(deserialize_with = "de::alpn")]
     alpn: String,
+    #[serde(default, deserialize_with = "de::lower_case")]
     sni: Option<String>,
+    #[serde(deserialize_with = "de::backend")]
     backend: String,
     client_ca: Option<String>,
     #[serde(default)]
     proxy_protocol: bool,
-    idle_timeout: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
     backend_tls: Option<RawBackendTls>,
 }
 
@@ -136,6 +129,7 @@ struct RawRoute {
 #[serde(deny_unknown_fields)]
 struct RawBackendTls {
     ca: String,
+    #[serde(default, deserialize_with = "de::server_name")]
     sni: Option<String>,
 }
 
@@ -188,13 +182,22 @@ pub struct UpgradeListener {
 /// The metrics and health listener. It is often reachable from a whole
 /// cluster, so it has a cap and a deadline of its own and can never take the
 /// descriptors the data path needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetricsListener {
     /// Address to bind.
     pub listen: SocketAddr,
     /// Requests served at once; more are closed at once.
+    #[serde(
+        default = "MetricsListener::default_max_connections",
+        deserialize_with = "de::at_least_one"
+    )]
     pub max_connections: usize,
     /// The whole request, from accept to the last byte of the answer.
+    #[serde(
+        default = "MetricsListener::default_request_timeout",
+        with = "humantime_serde"
+    )]
     pub request_timeout: Duration,
 }
 
@@ -203,32 +206,50 @@ impl MetricsListener {
     pub const MAX_CONNECTIONS: usize = 16;
     /// Default for `request_timeout`.
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn default_max_connections() -> usize {
+        Self::MAX_CONNECTIONS
+    }
+
+    fn default_request_timeout() -> Duration {
+        Self::REQUEST_TIMEOUT
+    }
 }
 
-/// Deadlines for each phase of a connection, and the connection caps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Deadlines for each phase of a connection, and the connection caps; a key
+/// left out of `[limits]` keeps its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Reading the upgrade request head.
+    #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     /// The inner TLS handshake.
+    #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Connecting to a backend.
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Connections served at once (upgrade and direct listeners together);
     /// more are answered at once (503 on the upgrade listener, a close on the
     /// direct one) and `/readyz` reports not ready while the cap is full.
+    #[serde(deserialize_with = "de::at_least_one")]
     pub max_connections: usize,
     /// Connections one client address may hold at once; `None`: no limit.
+    #[serde(deserialize_with = "de::some_at_least_one")]
     pub max_connections_per_client: Option<usize>,
     /// How long live tunnels may drain after SIGTERM.
+    #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
     /// How long a closing connection waits for the peer to read what was sent
     /// and end its side (WebSocket Close, or EOF) before the socket is closed;
     /// closing earlier would turn the peer's late bytes into a reset that
     /// destroys data it has not read yet.
+    #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
     /// A tunnel whose one direction has ended and that carried no byte for
     /// this long is closed (a peer that half-closed and went quiet).
+    #[serde(with = "humantime_serde")]
     pub half_closed_timeout: Duration,
 }
 
@@ -339,36 +360,6 @@ impl Ctx<'_> {
         }
     }
 
-    fn addr(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-        value.parse().map_err(|_| {
-            self.invalid(
-                key,
-                format!("{value:?} is not an address like 127.0.0.1:9001"),
-            )
-        })
-    }
-
-    fn duration(
-        &self,
-        key: &str,
-        value: Option<&str>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        match value {
-            None => Ok(default),
-            Some(v) => humantime::parse_duration(v).map_err(|e| {
-                self.invalid(key, format!("{v:?} is not a duration like \"30s\": {e}"))
-            }),
-        }
-    }
-
-    fn at_least_one(&self, key: &str, value: Option<usize>) -> Result<Option<usize>, ConfigError> {
-        match value {
-            Some(0) => Err(self.invalid(key, "must be at least 1")),
-            v => Ok(v),
-        }
-    }
-
     fn certs(&self, key: &str, file: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         read_certs(&self.dir.join(file)).map_err(|e| self.invalid(key, e))
     }
@@ -408,6 +399,9 @@ impl Config {
         Config::validate(raw, &ctx)
     }
 
+    /// The rules no single value can check: something to listen on, files
+    /// read from disk, a key that matches its certificate, routes listed twice,
+    /// a backend's host as the default SNI.
     fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         if raw.upgrade.is_none() && raw.direct.is_none() {
             return Err(ctx.invalid(
@@ -415,126 +409,33 @@ impl Config {
                 "configure [upgrade], [direct] or both: there is nothing to listen on",
             ));
         }
-        let limits = Limits::default();
-        let limits = match raw.limits {
-            None => limits,
-            Some(l) => Limits {
-                header_timeout: ctx.duration(
-                    "limits.header_timeout",
-                    l.header_timeout.as_deref(),
-                    limits.header_timeout,
-                )?,
-                handshake_timeout: ctx.duration(
-                    "limits.handshake_timeout",
-                    l.handshake_timeout.as_deref(),
-                    limits.handshake_timeout,
-                )?,
-                connect_timeout: ctx.duration(
-                    "limits.connect_timeout",
-                    l.connect_timeout.as_deref(),
-                    limits.connect_timeout,
-                )?,
-                max_connections: ctx
-                    .at_least_one("limits.max_connections", l.max_connections)?
-                    .unwrap_or(limits.max_connections),
-                max_connections_per_client: ctx.at_least_one(
-                    "limits.max_connections_per_client",
-                    l.max_connections_per_client,
-                )?,
-                drain_grace: ctx.duration(
-                    "limits.drain_grace",
-                    l.drain_grace.as_deref(),
-                    limits.drain_grace,
-                )?,
-                close_timeout: ctx.duration(
-                    "limits.close_timeout",
-                    l.close_timeout.as_deref(),
-                    limits.close_timeout,
-                )?,
-                half_closed_timeout: ctx.duration(
-                    "limits.half_closed_timeout",
-                    l.half_closed_timeout.as_deref(),
-                    limits.half_closed_timeout,
-                )?,
-            },
-        };
         let upgrade = match raw.upgrade {
             None => None,
             Some(u) => {
-                let path = u.path.unwrap_or_else(|| "/connectionupgrade".into());
-                if !alpn_protocol::names::valid_path(&path) {
-                    return Err(ctx.invalid(
-                        "upgrade.path",
-                        format!("{path:?} must be a path starting with '/'"),
-                    ));
-                }
-                let mut trusted_peers = Vec::new();
-                for (i, p) in u.trusted_peers.unwrap_or_default().iter().enumerate() {
-                    let net = p
-                        .parse::<IpNet>()
-                        .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
-                        .map_err(|_| {
-                            ctx.invalid(
-                                format!("upgrade.trusted_peers[{i}]"),
-                                format!("{p:?} is not an address or CIDR block"),
-                            )
-                        })?;
-                    trusted_peers.push(net);
-                }
-                let ping_interval = ctx.duration(
-                    "upgrade.ping_interval",
-                    u.ping_interval.as_deref(),
-                    Duration::from_secs(30),
-                )?;
-                if ping_interval.is_zero() {
-                    return Err(ctx.invalid("upgrade.ping_interval", "must be longer than 0s"));
-                }
                 let tls = match u.tls {
                     Some(t) => Some(ctx.cert_key("upgrade.tls", &t.cert, &t.key)?),
                     None => None,
                 };
                 let names = alpn_protocol::names::Names {
-                    upgrade_paths: vec![path.clone()],
+                    upgrade_paths: vec![u.path.clone()],
                     ..Default::default()
                 };
                 Some(UpgradeListener {
-                    listen: ctx.addr("upgrade.listen", &u.listen)?,
-                    path,
+                    listen: u.listen,
+                    path: u.path,
                     names,
-                    trusted_peers,
-                    ping_interval,
+                    trusted_peers: u.trusted_peers,
+                    ping_interval: u.ping_interval,
                     tls,
                 })
             }
         };
-        let direct = raw
-            .direct
-            .map(|d| ctx.addr("direct.listen", &d.listen))
-            .transpose()?;
-        let metrics = match raw.metrics {
-            None => None,
-            Some(m) => Some(MetricsListener {
-                listen: ctx.addr("metrics.listen", &m.listen)?,
-                max_connections: ctx
-                    .at_least_one("metrics.max_connections", m.max_connections)?
-                    .unwrap_or(MetricsListener::MAX_CONNECTIONS),
-                request_timeout: ctx.duration(
-                    "metrics.request_timeout",
-                    m.request_timeout.as_deref(),
-                    MetricsListener::REQUEST_TIMEOUT,
-                )?,
-            }),
-        };
         let default_cert = ctx.cert_key("tls", &raw.tls.cert, &raw.tls.key)?;
         let mut sni_certs = Vec::new();
         for (i, s) in raw.tls.sni.iter().enumerate() {
-            let key = format!("tls.sni[{i}]");
-            if s.name.is_empty() {
-                return Err(ctx.invalid(format!("{key}.name"), "must not be empty"));
-            }
             sni_certs.push((
-                s.name.to_ascii_lowercase(),
-                ctx.cert_key(&key, &s.cert, &s.key)?,
+                s.name.clone(),
+                ctx.cert_key(&format!("tls.sni[{i}]"), &s.cert, &s.key)?,
             ));
         }
         if raw.route.is_empty() {
@@ -544,63 +445,58 @@ impl Config {
         let mut routes = Vec::with_capacity(raw.route.len());
         for (i, r) in raw.route.into_iter().enumerate() {
             let key = |field: &str| format!("route[{i}].{field}");
-            if r.alpn.is_empty() || r.alpn.len() > 255 {
-                return Err(ctx.invalid(key("alpn"), "an ALPN protocol id has 1 to 255 bytes"));
-            }
-            let sni = r.sni.map(|s| s.to_ascii_lowercase());
-            if !seen.insert((r.alpn.clone(), sni.clone())) {
+            if !seen.insert((r.alpn.clone(), r.sni.clone())) {
                 return Err(ctx.invalid(
                     key("alpn"),
                     format!("{:?} is routed twice for the same SNI", r.alpn),
                 ));
             }
-            let host = backend_host(&r.backend).ok_or_else(|| {
-                ctx.invalid(key("backend"), format!("{:?} is not host:port", r.backend))
-            })?;
             let client_ca = r
                 .client_ca
                 .as_deref()
                 .map(|f| ctx.certs(&key("client_ca"), f))
                 .transpose()?;
-            let idle_timeout = r
-                .idle_timeout
-                .as_deref()
-                .map(|v| ctx.duration(&key("idle_timeout"), Some(v), Duration::ZERO))
-                .transpose()?;
             let backend_tls = match r.backend_tls {
                 None => None,
                 Some(t) => {
                     let ca = ctx.certs(&key("backend_tls.ca"), &t.ca)?;
-                    let (sni, default) = match t.sni {
-                        Some(s) => (s, ""),
-                        None => (host.to_string(), " (the backend's host; set this key)"),
+                    let sni = match t.sni {
+                        Some(s) => s,
+                        None => {
+                            // `de::backend` made sure there is a host.
+                            let host = backend_host(&r.backend).unwrap_or_default();
+                            if ServerName::try_from(host).is_err() {
+                                return Err(ctx.invalid(
+                                    key("backend_tls.sni"),
+                                    format!(
+                                        "{host:?} (the backend's host; set this key) \
+                                         is not a DNS name or IP address"
+                                    ),
+                                ));
+                            }
+                            host.to_string()
+                        }
                     };
-                    if ServerName::try_from(sni.as_str()).is_err() {
-                        return Err(ctx.invalid(
-                            key("backend_tls.sni"),
-                            format!("{sni:?}{default} is not a DNS name or IP address"),
-                        ));
-                    }
                     Some(BackendTls { ca, sni })
                 }
             };
             routes.push(Route {
                 alpn: r.alpn,
-                sni,
+                sni: r.sni,
                 backend: r.backend,
                 client_ca,
                 proxy_protocol: r.proxy_protocol,
-                idle_timeout,
+                idle_timeout: r.idle_timeout,
                 backend_tls,
             });
         }
         Ok(Config {
             upgrade,
-            direct,
-            metrics,
+            direct: raw.direct.map(|d| d.listen),
+            metrics: raw.metrics,
             default_cert,
             sni_certs,
-            limits,
+            limits: raw.limits,
             routes,
         })
     }
@@ -615,4 +511,113 @@ fn backend_host(backend: &str) -> Option<&str> {
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     (!host.is_empty()).then_some(host)
+}
+
+/// Values checked as they are read, so that serde's path names the key: the
+/// `deserialize_with` helpers of the raw configuration.
+mod de {
+    use std::time::Duration;
+
+    use ipnet::IpNet;
+    use rustls::pki_types::ServerName;
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+
+    pub(super) fn default_path() -> String {
+        alpn_protocol::names::Names::default().upgrade_paths[0].clone()
+    }
+
+    pub(super) fn default_ping_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    pub(super) fn upgrade_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let path = String::deserialize(d)?;
+        if !alpn_protocol::names::valid_path(&path) {
+            return Err(D::Error::custom(format!(
+                "{path:?} must be a path starting with '/'"
+            )));
+        }
+        Ok(path)
+    }
+
+    /// An address or CIDR block; IPv4-mapped IPv6 ones become IPv4, as the
+    /// client addresses they are compared with do.
+    struct Net(IpNet);
+
+    impl<'de> Deserialize<'de> for Net {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let s = String::deserialize(d)?;
+            alpn_protocol::client_addr::parse_net(&s)
+                .map(Net)
+                .ok_or_else(|| D::Error::custom(format!("{s:?} is not an address or CIDR block")))
+        }
+    }
+
+    /// A list of [`Net`], each error naming its index.
+    pub(super) fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        Ok(Vec::<Net>::deserialize(d)?
+            .into_iter()
+            .map(|n| n.0)
+            .collect())
+    }
+
+    pub(super) fn nonzero_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let value: Duration = humantime_serde::deserialize(d)?;
+        if value.is_zero() {
+            return Err(D::Error::custom("must be longer than 0s"));
+        }
+        Ok(value)
+    }
+
+    pub(super) fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        match usize::deserialize(d)? {
+            0 => Err(D::Error::custom("must be at least 1")),
+            n => Ok(n),
+        }
+    }
+
+    pub(super) fn some_at_least_one<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<usize>, D::Error> {
+        at_least_one(d).map(Some)
+    }
+
+    pub(super) fn sni_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let name = String::deserialize(d)?;
+        if name.is_empty() {
+            return Err(D::Error::custom("must not be empty"));
+        }
+        Ok(name.to_ascii_lowercase())
+    }
+
+    pub(super) fn lower_case<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Some(String::deserialize(d)?.to_ascii_lowercase()))
+    }
+
+    pub(super) fn alpn<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let alpn = String::deserialize(d)?;
+        if alpn.is_empty() || alpn.len() > 255 {
+            return Err(D::Error::custom("an ALPN protocol id has 1 to 255 bytes"));
+        }
+        Ok(alpn)
+    }
+
+    pub(super) fn backend<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let backend = String::deserialize(d)?;
+        if super::backend_host(&backend).is_none() {
+            return Err(D::Error::custom(format!("{backend:?} is not host:port")));
+        }
+        Ok(backend)
+    }
+
+    pub(super) fn server_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let name = String::deserialize(d)?;
+        if ServerName::try_from(name.as_str()).is_err() {
+            return Err(D::Error::custom(format!(
+                "{name:?} is not a DNS name or IP address"
+            )));
+        }
+        Ok(Some(name))
+    }
 }

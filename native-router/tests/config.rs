@@ -197,3 +197,65 @@ fn the_shipped_example_is_valid() {
         Some(Duration::from_secs(3600))
     );
 }
+
+#[test]
+fn values_are_read_with_their_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = EXAMPLE
+        .replacen(
+            "trusted_peers = [\"127.0.0.1/32\"]",
+            "trusted_peers = [\"::ffff:10.0.0.0/104\", \"192.0.2.7\", \"2001:db8::/32\"]",
+            1,
+        )
+        .replacen(
+            "listen = \"127.0.0.1:9090\"",
+            "listen = \"127.0.0.1:9090\"\nrequest_timeout = \"1m 30s\"\n[limits]\nconnect_timeout = \"250ms\"",
+            1,
+        );
+    let config = Config::load(&write(dir.path(), &example)).unwrap();
+    let peers: Vec<String> = config
+        .upgrade
+        .as_ref()
+        .unwrap()
+        .trusted_peers
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        peers,
+        ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"],
+        "IPv4-mapped blocks become IPv4, as client addresses do"
+    );
+    assert_eq!(
+        config.metrics.unwrap().request_timeout,
+        Duration::from_secs(90)
+    );
+    assert_eq!(
+        config.limits,
+        alpn_router::config::Limits {
+            connect_timeout: Duration::from_millis(250),
+            ..Default::default()
+        },
+        "a key left out of [limits] keeps its default"
+    );
+
+    for (from, to, key) in [
+        (
+            "ping_interval = \"30s\"",
+            "ping_interval = \"0s\"",
+            "upgrade.ping_interval",
+        ),
+        (
+            "path = \"/connectionupgrade\"",
+            "path = \"nope\"",
+            "upgrade.path",
+        ),
+        ("alpn = \"redis\"", "alpn = \"\"", "route[1].alpn"),
+    ] {
+        let err = Config::load(&write(dir.path(), &EXAMPLE.replacen(from, to, 1))).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("{key:?}")),
+            "{to:?}: {err}"
+        );
+    }
+}
