@@ -12,7 +12,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use tokio::time::timeout;
 
 use super::{roots, Client, ClientError, DEFAULT_FRAMING};
 use alpn_protocol::framing::Framing;
@@ -68,14 +67,15 @@ pub(crate) async fn test_handshake(client: &Client) -> Result<Finding, ClientErr
     let config =
         detection_config(client, &trusted).map_err(|e| ClientError::Roots(e.to_string()))?;
     let tcp = client.tcp().await?;
-    let t = client.options.timeouts.tls;
-    let result = timeout(t, super::inner_tls(tcp, Arc::clone(&config), client.sni()))
-        .await
-        .map_err(|_| ClientError::Timeout {
-            step: "the detection TLS handshake",
-            addr: client.server.authority(),
-            after: t,
-        })?;
+    // The handshake's failure is the finding, not an error of the step.
+    let handshake = async { Ok(super::inner_tls(tcp, Arc::clone(&config), client.sni()).await) };
+    let result = client
+        .deadline(
+            "the detection TLS handshake",
+            client.options.timeouts.tls,
+            handshake,
+        )
+        .await?;
     match result {
         Ok(tls) => {
             let alpn = tls

@@ -10,9 +10,9 @@ pub mod probe;
 pub mod server_url;
 pub mod tls;
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::io;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
@@ -312,6 +312,9 @@ pub struct Client {
     alpn: String,
     options: Options,
     configs: Configs,
+    /// The path detection found, kept for the life of this client (cleared
+    /// when the server turns out to have no route for the ALPN).
+    detected: Mutex<Option<Path>>,
 }
 
 /// How a client's path is chosen.
@@ -323,11 +326,9 @@ pub enum PathChoice {
     Detect,
 }
 
-/// What was learned about each server, for the life of the process.
-fn cache() -> &'static Mutex<HashMap<String, Path>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Path>>> = OnceLock::new();
-    CACHE.get_or_init(Mutex::default)
-}
+/// The inner TLS stream of a tunnel, over whatever carries it (TCP, or an
+/// upgraded connection to a load balancer).
+pub(crate) type InnerTls = tokio_rustls::client::TlsStream<Box<dyn Io>>;
 
 impl Client {
     /// A client of `server` for `alpn`.
@@ -346,6 +347,7 @@ impl Client {
             alpn: alpn.to_string(),
             options,
             configs: Configs { inner, outer },
+            detected: Mutex::new(None),
         })
     }
 
@@ -378,25 +380,21 @@ impl Client {
         }
     }
 
-    fn cache_key(&self) -> String {
-        format!("{}|{}", self.server.authority(), self.alpn)
+    fn detected(&self) -> std::sync::MutexGuard<'_, Option<Path>> {
+        self.detected.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How this client reaches the router: as configured, or detected once per
-    /// server and process.
+    /// How this client reaches the router: as configured, or detected once
+    /// for the life of this client.
     pub async fn path(&self) -> Result<Path, ClientError> {
         match self.path_choice() {
             PathChoice::Fixed(path, _) => Ok(path),
             PathChoice::Detect => {
-                let key = self.cache_key();
-                if let Some(p) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-                    return Ok(*p);
+                if let Some(p) = *self.detected() {
+                    return Ok(p);
                 }
                 let found = detect::detect(self).await?;
-                cache()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, found);
+                *self.detected() = Some(found);
                 log::info!("{}: {}", self.server, found.describe());
                 Ok(found)
             }
@@ -410,9 +408,53 @@ impl Client {
         self.open(path).await
     }
 
-    async fn tcp(&self) -> Result<TcpStream, ClientError> {
+    /// Opens one tunnel along `path`.
+    pub async fn connect_via(&self, path: Path) -> Result<Box<dyn Io>, ClientError> {
+        self.open(path).await.map(|(stream, _)| stream)
+    }
+
+    /// Opens one tunnel along `path`; returns it and the path in use.
+    pub async fn open(&self, path: Path) -> Result<(Box<dyn Io>, Path), ClientError> {
+        let (tls, in_use) = self.pipeline(path).await?;
+        Ok((Box::new(tls), in_use))
+    }
+
+    /// Runs one network step under its deadline: the step's own result, or
+    /// [`ClientError::Timeout`] naming the step. Every step of the client
+    /// goes through here.
+    pub(crate) async fn deadline<T>(
+        &self,
+        step: &'static str,
+        after: Duration,
+        work: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        timeout(after, work).await.unwrap_or_else(|_| {
+            Err(ClientError::Timeout {
+                step,
+                addr: self.server.authority(),
+                after,
+            })
+        })
+    }
+
+    /// The connect pipeline, the one way a tunnel is opened (and the probe's
+    /// last step): TCP; for an upgrade, outer TLS (`https://`) and the
+    /// upgrade; then the inner TLS, whose ALPN must be the route's.
+    pub(crate) async fn pipeline(&self, path: Path) -> Result<(InnerTls, Path), ClientError> {
+        let (carrier, in_use): (Box<dyn Io>, Path) = match path {
+            Path::Direct => (Box::new(self.tcp().await?), path),
+            Path::Upgrade(framing) => {
+                let framed = self.upgraded(framing).await?;
+                let in_use = Path::Upgrade(framed.framing());
+                (Box::new(framed), in_use)
+            }
+        };
+        Ok((self.inner(carrier, in_use).await?, in_use))
+    }
+
+    /// TCP to the server, from `options.bind` if set.
+    pub(crate) async fn tcp(&self) -> Result<TcpStream, ClientError> {
         let addr = self.server.authority();
-        let t = self.options.timeouts.connect;
         let connect = async {
             let Some(local) = self.options.bind else {
                 return TcpStream::connect(&addr).await;
@@ -435,48 +477,24 @@ impl Client {
             }
             Err(last)
         };
-        let tcp = timeout(t, connect)
-            .await
-            .map_err(|_| ClientError::Timeout {
-                step: "TCP connect",
-                addr: addr.clone(),
-                after: t,
-            })?
-            .map_err(|error| ClientError::Connect { addr, error })?;
+        let tcp = self
+            .deadline("TCP connect", self.options.timeouts.connect, async {
+                connect.await.map_err(|error| ClientError::Connect {
+                    addr: addr.clone(),
+                    error,
+                })
+            })
+            .await?;
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }
 
-    /// Opens one tunnel along `path`.
-    pub async fn connect_via(&self, path: Path) -> Result<Box<dyn Io>, ClientError> {
-        self.open(path).await.map(|(stream, _)| stream)
-    }
-
-    /// Opens one tunnel along `path`; returns it and the path in use.
-    pub async fn open(&self, path: Path) -> Result<(Box<dyn Io>, Path), ClientError> {
-        let tcp = self.tcp().await?;
-        match path {
-            Path::Direct => Ok((self.inner(tcp, path).await?, path)),
-            Path::Upgrade(framing) if self.server.tls => {
-                let outer = self.outer_tls(tcp).await?;
-                let framed = self.upgrade(outer, framing).await?;
-                let in_use = Path::Upgrade(framed.framing());
-                Ok((self.inner(framed, in_use).await?, in_use))
-            }
-            Path::Upgrade(framing) => {
-                let framed = self.upgrade(tcp, framing).await?;
-                let in_use = Path::Upgrade(framed.framing());
-                Ok((self.inner(framed, in_use).await?, in_use))
-            }
-        }
-    }
-
-    async fn outer_tls(
+    /// TLS to the load balancer of an `https://` server, offering `http/1.1`.
+    pub(crate) async fn outer_tls(
         &self,
         tcp: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
         let addr = self.server.authority();
-        let t = self.options.timeouts.tls;
         let config = self
             .configs
             .outer
@@ -485,87 +503,95 @@ impl Client {
                 addr: addr.clone(),
                 error: io::Error::other("no TLS to an http:// server"),
             })?;
-        timeout(t, inner_tls(tcp, config, &self.server.host))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                step: "TLS handshake with the load balancer",
-                addr: addr.clone(),
-                after: t,
-            })?
-            .map_err(|error| {
-                // Detection took the route's ALPN being refused for a load
-                // balancer; http/1.1 refused the same way says the server is
-                // the router and has no route for it (PROTOCOL.md section 6).
-                if is_no_alpn_alert(&error) && self.path_choice() == PathChoice::Detect {
-                    cache()
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&self.cache_key());
-                    return ClientError::NoRoute {
-                        addr,
-                        alpn: self.alpn.clone(),
-                    };
-                }
-                ClientError::OuterTls { addr, error }
-            })
+        let handshake = async {
+            inner_tls(tcp, config, &self.server.host)
+                .await
+                .map_err(|error| {
+                    // Detection took the route's ALPN being refused for a load
+                    // balancer; http/1.1 refused the same way says the server is
+                    // the router and has no route for it (PROTOCOL.md section 6).
+                    if is_no_alpn_alert(&error) && self.path_choice() == PathChoice::Detect {
+                        self.detected().take();
+                        return ClientError::NoRoute {
+                            addr: addr.clone(),
+                            alpn: self.alpn.clone(),
+                        };
+                    }
+                    ClientError::OuterTls {
+                        addr: addr.clone(),
+                        error,
+                    }
+                })
+        };
+        self.deadline(
+            "TLS handshake with the load balancer",
+            self.options.timeouts.tls,
+            handshake,
+        )
+        .await
     }
 
-    async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    /// The connection an upgrade request goes on: TCP, with outer TLS for an
+    /// `https://` server.
+    pub(crate) async fn http_connection(&self) -> Result<Box<dyn Io>, ClientError> {
+        let tcp = self.tcp().await?;
+        Ok(match self.server.tls {
+            true => Box::new(self.outer_tls(tcp).await?),
+            false => Box::new(tcp),
+        })
+    }
+
+    /// A new connection upgraded with `framing`, in the framing the server
+    /// switched to.
+    pub(crate) async fn upgraded(
         &self,
-        stream: S,
         framing: Framing,
-    ) -> Result<alpn_protocol::framing::Framed<S>, ClientError> {
-        let t = self.options.timeouts.upgrade;
+    ) -> Result<alpn_protocol::framing::Framed<Box<dyn Io>>, ClientError> {
+        let stream = self.http_connection().await?;
         let host = self.server.authority();
-        timeout(
-            t,
+        let answer = async {
             upgrade(
                 stream,
                 framing,
                 &host,
                 &self.server.path,
                 self.options.ping_interval,
-            ),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout {
-            step: "the upgrade answer",
-            addr: host.clone(),
-            after: t,
-        })?
-        .map_err(|error| ClientError::Upgrade {
-            url: self.server.to_string(),
-            error,
-        })
+            )
+            .await
+            .map_err(|error| ClientError::Upgrade {
+                url: self.server.to_string(),
+                error,
+            })
+        };
+        self.deadline("the upgrade answer", self.options.timeouts.upgrade, answer)
+            .await
     }
 
-    async fn inner<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(
-        &self,
-        stream: S,
-        path: Path,
-    ) -> Result<Box<dyn Io>, ClientError> {
-        let t = self.options.timeouts.tls;
-        let tls = timeout(t, inner_tls(stream, self.configs.inner.clone(), self.sni()))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                step: "the inner TLS handshake",
-                addr: self.server.authority(),
-                after: t,
-            })?
-            .map_err(|error| ClientError::InnerTls {
-                alpn: self.alpn.clone(),
-                path,
-                error,
-            })?;
+    /// The inner TLS on `carrier`, which must negotiate the route's ALPN.
+    async fn inner(&self, carrier: Box<dyn Io>, path: Path) -> Result<InnerTls, ClientError> {
+        let failed = |error| ClientError::InnerTls {
+            alpn: self.alpn.clone(),
+            path,
+            error,
+        };
+        let handshake = async {
+            inner_tls(carrier, self.configs.inner.clone(), self.sni())
+                .await
+                .map_err(failed)
+        };
+        let tls = self
+            .deadline(
+                "the inner TLS handshake",
+                self.options.timeouts.tls,
+                handshake,
+            )
+            .await?;
         if tls.get_ref().1.alpn_protocol() != Some(self.alpn.as_bytes()) {
-            let error = io::Error::other(rustls::Error::NoApplicationProtocol);
-            return Err(ClientError::InnerTls {
-                alpn: self.alpn.clone(),
-                path,
-                error,
-            });
+            return Err(failed(io::Error::other(
+                rustls::Error::NoApplicationProtocol,
+            )));
         }
-        Ok(Box::new(tls))
+        Ok(tls)
     }
 }
 

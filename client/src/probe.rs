@@ -5,8 +5,6 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use super::detect::{test_handshake, Finding};
 use super::{Client, ClientError, Path, PathChoice, UpgradeMode, DEFAULT_FRAMING};
 use alpn_protocol::framing::{Framing, Subprotocol};
@@ -146,10 +144,8 @@ pub async fn probe(client: &Client) -> Report {
     if let Path::Upgrade(preferred) = path {
         if client.server().tls {
             let started = Instant::now();
-            let Ok(tcp) = client.tcp().await else {
-                return report;
-            };
-            match client.outer_tls(tcp).await {
+            let outer = async { client.outer_tls(client.tcp().await?).await };
+            match outer.await {
                 Ok(tls) => report.step(
                     "outer TLS to the load balancer",
                     started,
@@ -233,40 +229,21 @@ async fn detect_step(report: &mut Report, client: &Client) -> Option<Path> {
 
 /// Upgrades with `framing`; returns the framing the server switched to.
 async fn try_upgrade(client: &Client, framing: Framing) -> Result<Framing, ClientError> {
-    let tcp = client.tcp().await?;
-    if client.server().tls {
-        let outer = client.outer_tls(tcp).await?;
-        client.upgrade(outer, framing).await.map(|f| f.framing())
-    } else {
-        client.upgrade(tcp, framing).await.map(|f| f.framing())
-    }
+    client.upgraded(framing).await.map(|f| f.framing())
 }
 
-/// The inner TLS along `path` as a tunnel would open it; the step names the
-/// path in use (for an upgrade, the framing the server switched to).
+/// The inner TLS along `path` as a tunnel would open it (the same pipeline);
+/// the step names the path in use (for an upgrade, the framing the server
+/// switched to).
 async fn inner(mut report: Report, client: &Client, path: Path) -> Report {
     let started = Instant::now();
-    let result: Result<(String, Path), ClientError> = async {
-        let tcp = client.tcp().await?;
-        match path {
-            Path::Direct => Ok((inner_summary(client, tcp, path).await?, path)),
-            Path::Upgrade(f) if client.server().tls => {
-                let outer = client.outer_tls(tcp).await?;
-                let framed = client.upgrade(outer, f).await?;
-                let in_use = Path::Upgrade(framed.framing());
-                Ok((inner_summary(client, framed, in_use).await?, in_use))
-            }
-            Path::Upgrade(f) => {
-                let framed = client.upgrade(tcp, f).await?;
-                let in_use = Path::Upgrade(framed.framing());
-                Ok((inner_summary(client, framed, in_use).await?, in_use))
-            }
-        }
-    }
-    .await;
-    match result {
-        Ok((summary, in_use)) => {
-            report.step(format!("inner TLS via {in_use}"), started, Ok(summary));
+    match client.pipeline(path).await {
+        Ok((tls, in_use)) => {
+            report.step(
+                format!("inner TLS via {in_use}"),
+                started,
+                Ok(tls_summary(&tls)),
+            );
             report.path = Some(in_use);
         }
         Err(e) => {
@@ -274,30 +251,6 @@ async fn inner(mut report: Report, client: &Client, path: Path) -> Report {
         }
     }
     report
-}
-
-async fn inner_summary<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &Client,
-    stream: S,
-    path: Path,
-) -> Result<String, ClientError> {
-    let t = client.options.timeouts.tls;
-    let tls = tokio::time::timeout(
-        t,
-        super::inner_tls(stream, client.configs.inner.clone(), client.sni()),
-    )
-    .await
-    .map_err(|_| ClientError::Timeout {
-        step: "the inner TLS handshake",
-        addr: client.server().authority(),
-        after: t,
-    })?
-    .map_err(|error| ClientError::InnerTls {
-        alpn: client.alpn.clone(),
-        path,
-        error,
-    })?;
-    Ok(tls_summary(&tls))
 }
 
 fn fail(mut report: Report, name: &str, started: Instant, e: ClientError) -> Report {
