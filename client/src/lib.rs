@@ -4,6 +4,7 @@
 //! `alpn-tunnel` is a thin command line over it.
 
 mod detect;
+mod forward;
 pub mod handshake;
 pub mod pem;
 pub mod probe;
@@ -27,6 +28,7 @@ use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_protocol::handshake::AnswerError;
 
 pub use detect::Path;
+pub use forward::forward;
 pub use handshake::{inner_tls, upgrade};
 pub use server_url::ServerUrl;
 

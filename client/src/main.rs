@@ -3,16 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alpn_tunnel::pem::{read_cert_key, read_certs};
 use alpn_tunnel::{explain, probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use log::{error, info, warn};
+use log::{error, info};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Reach a service routed by ALPN (PostgreSQL, Redis, SSH, ...) through an HTTP
 /// load balancer: a local port per service, or one stream on stdin/stdout.
@@ -210,9 +210,10 @@ async fn forward(common: &Common, alpns: &[String], listen: Option<&str>) -> any
             ),
         }
     }
+    let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     for (alpn, addr) in pairs {
-        let client = Arc::new(common.client(&alpn)?);
+        let client = common.client(&alpn)?;
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
@@ -221,53 +222,19 @@ async fn forward(common: &Common, alpns: &[String], listen: Option<&str>) -> any
             listener.local_addr()?,
             client.server()
         );
-        tasks.push(tokio::spawn(accept(listener, client, alpn)));
+        tasks.push(tokio::spawn(alpn_tunnel::forward(
+            listener,
+            client,
+            shutdown.clone(),
+        )));
     }
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
     info!("Ctrl-C: stopping");
-    Ok(())
-}
-
-async fn accept(listener: TcpListener, client: Arc<Client>, alpn: String) {
-    loop {
-        let (mut local, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!("{alpn}: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let client = client.clone();
-        let alpn = alpn.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let (mut tunnel, path) = match client.connect().await {
-                Ok(x) => x,
-                Err(e) => return warn!("{alpn}: local connection from {peer} closed: {e}"),
-            };
-            let result = tokio::io::copy_bidirectional(&mut local, &mut tunnel).await;
-            let took = started.elapsed().as_secs_f64();
-            match result {
-                Ok((up, down)) => {
-                    info!("{alpn}: {peer} via {path}: {up} bytes sent, {down} received, {took:.3}s")
-                }
-                Err(e) => {
-                    // The local application must not take a cut tunnel for a
-                    // clean end: it gets a reset, not a FIN.
-                    let reset = match local.set_zero_linger() {
-                        Ok(()) => "the local connection is reset",
-                        Err(_) => "the local connection could not be set to reset and is closed",
-                    };
-                    warn!(
-                        "{alpn}: {peer} via {path}: ended after {took:.3}s: {}; {reset}",
-                        explain(&e, path)
-                    );
-                    drop(local);
-                }
-            }
-        });
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
     }
+    Ok(())
 }

@@ -1,0 +1,88 @@
+//! `alpn-tunnel forward` as a library: [`forward`] serves a bound local
+//! listener for one [`Client`], carrying each accepted connection as its own
+//! tunnel, until it is told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{explain, Client};
+
+/// How long a stopping tunnel gets to send its TLS `close_notify`.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Accepts connections on `listener` and carries each through a tunnel opened
+/// by `client`. When `shutdown` is cancelled it stops accepting, every
+/// connection ends its tunnel, and it returns once no connection task is left.
+pub async fn forward(listener: TcpListener, client: Client, shutdown: CancellationToken) {
+    let client = Arc::new(client);
+    let tasks = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (local, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("{}: accept failed: {e}", client.alpn);
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        tasks.spawn(carry(local, peer, client.clone(), shutdown.clone()));
+    }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// One local connection through one tunnel, logged when it ends.
+async fn carry(
+    mut local: TcpStream,
+    peer: SocketAddr,
+    client: Arc<Client>,
+    shutdown: CancellationToken,
+) {
+    let alpn = &client.alpn;
+    let started = Instant::now();
+    let opened = tokio::select! {
+        () = shutdown.cancelled() => return info!("{alpn}: {peer}: stopped before the tunnel was open"),
+        opened = client.connect() => opened,
+    };
+    let (mut tunnel, path) = match opened {
+        Ok(x) => x,
+        Err(e) => return warn!("{alpn}: local connection from {peer} closed: {e}"),
+    };
+    let result = tokio::select! {
+        () = shutdown.cancelled() => None,
+        result = tokio::io::copy_bidirectional(&mut local, &mut tunnel) => Some(result),
+    };
+    let took = started.elapsed().as_secs_f64();
+    let why = match result {
+        Some(Ok((up, down))) => {
+            return info!("{alpn}: {peer} via {path}: {up} bytes sent, {down} received, {took:.3}s")
+        }
+        Some(Err(e)) => explain(&e, path),
+        None => {
+            // The router learns of a deliberate end (close_notify), not a cut.
+            let _ = tokio::time::timeout(CLOSE_DEADLINE, tunnel.shutdown()).await;
+            "stopped (shutting down)".to_string()
+        }
+    };
+    // The local application must not take a tunnel that did not end cleanly
+    // for a clean end: it gets a reset, not a FIN.
+    let reset = match local.set_zero_linger() {
+        Ok(()) => "the local connection is reset",
+        Err(_) => "the local connection could not be set to reset and is closed",
+    };
+    warn!("{alpn}: {peer} via {path}: ended after {took:.3}s: {why}; {reset}");
+}
