@@ -216,6 +216,42 @@ fn forward_serves_a_local_port_per_service() {
     assert!(line.contains("bytes sent"), "{line}");
 }
 
+/// The library's `forward` in-process: it carries a connection, and on
+/// cancellation stops accepting, resets the open local connection (its tunnel
+/// did not end cleanly) and returns once its connection tasks are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_stops_on_cancellation_and_waits_for_its_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = chain();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let client = c.client(&c.behind_proxy(), "echo", UpgradeMode::Auto);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn(alpn_tunnel::forward(listener, client, shutdown.clone()));
+    let mut s = tokio::net::TcpStream::connect(local).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut back = [0u8; 5];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut back))
+        .await
+        .expect("the echo within the deadline")
+        .unwrap();
+    assert_eq!(&back, b"hello");
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, served)
+        .await
+        .expect("forward returns once its connections are done")
+        .unwrap();
+    let mut rest = [0u8; 1];
+    match s.read(&mut rest).await {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the open local connection must be reset, not {other:?}"),
+    }
+    assert!(
+        tokio::net::TcpStream::connect(local).await.is_err(),
+        "the listener is closed"
+    );
+}
+
 #[test]
 fn connect_carries_stdin_and_stdout_as_an_ssh_proxy_command() {
     let c = chain();
