@@ -12,22 +12,25 @@ use tokio_rustls::client::TlsStream;
 
 use alpn_protocol::framing::{Framed, Framing, Role};
 use alpn_protocol::handshake::{self as upgrade, AnswerError};
+use alpn_protocol::names::Names;
 
-/// Sends the upgrade request for `framing` on `stream` and returns the stream in
-/// the framing the server switched to ([`Framed::framing`]: for `websocket`,
-/// with the subprotocol the server chose), pinging after `ping_interval` with
-/// nothing sent (except raw `alpn`, which cannot carry a ping).
+/// Sends the upgrade request for `framing` on `stream`, in the tokens of
+/// `names`, and returns the stream in the framing the server switched to
+/// ([`Framed::framing`]: for `websocket`, with the subprotocol the server
+/// chose), pinging after `ping_interval` with nothing sent (except raw `alpn`,
+/// which cannot carry a ping).
 pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     framing: Framing,
     host: &str,
     path: &str,
+    names: &Names,
     ping_interval: Duration,
 ) -> Result<Framed<S>, AnswerError> {
-    let (request, key) = upgrade::client_request(framing, host, path);
+    let (request, key) = upgrade::client_request(framing, host, path, names);
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
-    let switched = upgrade::read_switch(&mut stream, framing, key.as_deref()).await?;
+    let switched = upgrade::read_switch(&mut stream, framing, key.as_deref(), names).await?;
     Ok(Framed::new(
         switched.framing,
         Role::Client,

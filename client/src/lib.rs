@@ -26,6 +26,7 @@ use crate::tls::client_config;
 use alpn_protocol::framing::Io;
 use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_protocol::handshake::AnswerError;
+use alpn_protocol::names::Names;
 
 pub use detect::Path;
 pub use forward::forward;
@@ -104,6 +105,9 @@ pub struct Options {
     pub outer_ca: Option<Vec<CertificateDer<'static>>>,
     /// Detect, or force a path.
     pub upgrade: UpgradeMode,
+    /// The protocol's tokens and duplicate header, which must be the server's
+    /// (the upgrade path is the server URL's).
+    pub names: Names,
     /// A ping goes out after this long with nothing sent, on every framing
     /// but raw `alpn` (which cannot carry one); zero disables pings.
     pub ping_interval: Duration,
@@ -121,6 +125,7 @@ impl Default for Options {
             client_cert: None,
             outer_ca: None,
             upgrade: UpgradeMode::Auto,
+            names: Names::default(),
             ping_interval: Duration::from_secs(30),
             timeouts: Timeouts::default(),
             bind: None,
@@ -163,10 +168,12 @@ pub enum ClientError {
         error: io::Error,
     },
     /// The server did not switch protocols.
-    #[error("the upgrade to {url} failed: {error}{}", upgrade_hint(.error))]
+    #[error("the upgrade to {url} failed: {error}{}", upgrade_hint(.error, .asked))]
     Upgrade {
         /// The server.
         url: String,
+        /// The upgrade type's token the client sent.
+        asked: String,
         /// What it answered.
         error: AnswerError,
     },
@@ -224,19 +231,38 @@ fn is_no_alpn_alert(e: &io::Error) -> bool {
     )
 }
 
-fn upgrade_hint(e: &AnswerError) -> &'static str {
-    match e {
-        AnswerError::Status { status: 404, .. } => " (check the upgrade path in the server URL)",
-        AnswerError::Status {
-            status: 403 | 429, ..
-        } => " (refused by policy: ask the server's operator)",
-        AnswerError::Status {
-            status: 426 | 400, ..
-        } => " (try another framing with --upgrade alpn-ping or websocket)",
-        AnswerError::Status {
-            status: 502..=504, ..
-        } => " (the router behind the load balancer is not answering)",
-        _ => "",
+fn upgrade_hint(e: &AnswerError, asked: &str) -> String {
+    const NAMES: &str = "the client's names must be the server's: --alpn-token, --alpn-ping-token, --websocket-token, --alpn-subprotocol, --alpn-ping-subprotocol";
+    let AnswerError::Status {
+        status,
+        reason,
+        upgrade,
+    } = e
+    else {
+        return String::new();
+    };
+    match status {
+        404 => " (check the upgrade path in the server URL)".into(),
+        200..=399 => " (a web page answered, not the upgrade: the upgrade path in the server URL is probably not the server's)".into(),
+        403 | 429 => " (refused by policy: ask the server's operator)".into(),
+        426 => match upgrade {
+            Some(allowed) if allowed.split(',').any(|t| t.trim().eq_ignore_ascii_case(asked)) => {
+                " (try another framing with --upgrade alpn-ping or websocket)".into()
+            }
+            Some(allowed) => format!(
+                " (this client asked for upgrade type {asked:?}, the server allows {allowed}: {NAMES}; or choose another framing with --upgrade)"
+            ),
+            // A proxy on the way may drop the list; the reason still has it.
+            None => format!(
+                " (this client asked for upgrade type {asked:?}, which the server does not take: {NAMES}; or choose another framing with --upgrade)"
+            ),
+        },
+        400 if reason.contains("Sec-WebSocket-Protocol") => {
+            format!(" (the server allows none of the WebSocket subprotocols offered: {NAMES})")
+        }
+        400 => " (try another framing with --upgrade alpn-ping or websocket)".into(),
+        502..=504 => " (the router behind the load balancer is not answering)".into(),
+        _ => String::new(),
     }
 }
 
@@ -557,11 +583,17 @@ impl Client {
                 framing,
                 &host,
                 &self.server.path,
+                &self.options.names,
                 self.options.ping_interval,
             )
             .await
             .map_err(|error| ClientError::Upgrade {
                 url: self.server.to_string(),
+                asked: self
+                    .options
+                    .names
+                    .type_token(framing.upgrade_type())
+                    .to_string(),
                 error,
             })
         };

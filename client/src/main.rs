@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use alpn_protocol::names::Names;
+use alpn_protocol::names_config::{NamesConfig, SubprotocolTokens, TypeTokens};
 use alpn_tunnel::pem::{read_cert_key, read_certs};
 use alpn_tunnel::{explain, probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
 use anyhow::{bail, Context as _};
@@ -104,6 +106,69 @@ struct Common {
     /// Deadline for each network step (connect, each TLS handshake, the upgrade answer).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    names: NameFlags,
+}
+
+/// The protocol's names where the server renamed them (the filter's and the
+/// router's `type_tokens`, `subprotocol_tokens`, `duplicate_upgrade_header`);
+/// the upgrade path is the server URL's.
+#[derive(Args)]
+#[command(next_help_heading = "Protocol names (when the server renamed them)")]
+struct NameFlags {
+    /// The token of upgrade type alpn (type_tokens.alpn).
+    #[arg(long, env = "ALPN_TUNNEL_ALPN_TOKEN", value_name = "TOKEN")]
+    alpn_token: Option<String>,
+    /// The token of upgrade type alpn-ping (type_tokens.alpn_ping).
+    #[arg(long, env = "ALPN_TUNNEL_ALPN_PING_TOKEN", value_name = "TOKEN")]
+    alpn_ping_token: Option<String>,
+    /// The token of upgrade type websocket (type_tokens.websocket).
+    #[arg(long, env = "ALPN_TUNNEL_WEBSOCKET_TOKEN", value_name = "TOKEN")]
+    websocket_token: Option<String>,
+    /// The WebSocket subprotocol alpn's token (subprotocol_tokens.alpn).
+    #[arg(long, env = "ALPN_TUNNEL_ALPN_SUBPROTOCOL", value_name = "TOKEN")]
+    alpn_subprotocol: Option<String>,
+    /// The WebSocket subprotocol alpn-ping's token (subprotocol_tokens.alpn_ping).
+    #[arg(long, env = "ALPN_TUNNEL_ALPN_PING_SUBPROTOCOL", value_name = "TOKEN")]
+    alpn_ping_subprotocol: Option<String>,
+    /// The header repeating the upgrade type (duplicate_upgrade_header).
+    #[arg(
+        long,
+        env = "ALPN_TUNNEL_DUPLICATE_UPGRADE_HEADER",
+        value_name = "NAME"
+    )]
+    duplicate_upgrade_header: Option<String>,
+}
+
+impl NameFlags {
+    /// The names, checked as the server checks its own; errors name the flag.
+    fn names(&self) -> anyhow::Result<Names> {
+        NamesConfig {
+            type_tokens: Some(TypeTokens {
+                alpn: self.alpn_token.clone(),
+                alpn_ping: self.alpn_ping_token.clone(),
+                websocket: self.websocket_token.clone(),
+            }),
+            subprotocol_tokens: Some(SubprotocolTokens {
+                alpn: self.alpn_subprotocol.clone(),
+                alpn_ping: self.alpn_ping_subprotocol.clone(),
+            }),
+            duplicate_upgrade_header: self.duplicate_upgrade_header.clone(),
+            ..Default::default()
+        }
+        .into_names()
+        .map_err(|e| {
+            let flag = match e.key.as_str() {
+                "type_tokens.alpn" => "--alpn-token",
+                "type_tokens.alpn_ping" => "--alpn-ping-token",
+                "type_tokens.websocket" => "--websocket-token",
+                "subprotocol_tokens.alpn" => "--alpn-subprotocol",
+                "subprotocol_tokens.alpn_ping" => "--alpn-ping-subprotocol",
+                _ => "--duplicate-upgrade-header",
+            };
+            anyhow::anyhow!("{flag}: {}", e.message)
+        })
+    }
 }
 
 impl Common {
@@ -125,6 +190,7 @@ impl Common {
             client_cert,
             outer_ca: load(&self.outer_ca)?,
             upgrade: self.upgrade,
+            names: self.names.names()?,
             ping_interval: self.ping_interval,
             bind: self.bind,
             timeouts: Timeouts {

@@ -5,17 +5,20 @@
 use std::fmt;
 
 use alpn_protocol::client_addr::{parse_net, IpNet};
-use alpn_protocol::names::{valid_path, valid_token, Names};
+use alpn_protocol::names::Names;
+use alpn_protocol::names_config::{NamesConfig, SubprotocolTokens, TypeTokens};
 use serde::Deserialize;
-
-pub use alpn_protocol::names::WEBSOCKET;
 
 /// The configuration as written in JSON, before validation.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    // The protocol's names, as `NamesConfig` has them (flat here: serde cannot
+    // flatten into a struct that denies unknown fields).
     upgrade_paths: Option<Vec<String>>,
+    type_tokens: Option<TypeTokens>,
     allowed_types: Option<Vec<String>>,
+    subprotocol_tokens: Option<SubprotocolTokens>,
     websocket_subprotocols: Option<Vec<String>>,
     duplicate_upgrade_header: Option<String>,
     client_addr_header: Option<String>,
@@ -94,36 +97,17 @@ impl Config {
             }
         })?;
         let d = Config::default();
-        let upgrade_paths = match raw.upgrade_paths {
-            None => d.names.upgrade_paths,
-            Some(paths) => {
-                non_empty("upgrade_paths", &paths)?;
-                for (i, p) in paths.iter().enumerate() {
-                    if !valid_path(p) {
-                        return Err(ConfigError(format!(
-                            "key \"upgrade_paths\"[{i}]: {p:?} must be a path starting with '/' without query"
-                        )));
-                    }
-                }
-                paths
-            }
-        };
-        let allowed_types = token_list("allowed_types", raw.allowed_types, d.names.allowed_types)?;
-        let websocket_subprotocols = token_list(
-            "websocket_subprotocols",
-            raw.websocket_subprotocols,
-            d.names.websocket_subprotocols,
-        )?;
-        let duplicate_upgrade_header = header_name(
-            "duplicate_upgrade_header",
-            raw.duplicate_upgrade_header,
-            d.names.duplicate_upgrade_header,
-        )?;
-        let client_addr_header = header_name(
-            "client_addr_header",
-            raw.client_addr_header,
-            d.names.client_addr_header,
-        )?;
+        let names = NamesConfig {
+            upgrade_paths: raw.upgrade_paths,
+            type_tokens: raw.type_tokens,
+            allowed_types: raw.allowed_types,
+            subprotocol_tokens: raw.subprotocol_tokens,
+            websocket_subprotocols: raw.websocket_subprotocols,
+            duplicate_upgrade_header: raw.duplicate_upgrade_header,
+            client_addr_header: raw.client_addr_header,
+        }
+        .into_names()
+        .map_err(|e| ConfigError(e.to_string()))?;
         let trusted_hops = raw.trusted_hops.unwrap_or(d.trusted_hops);
         let trusted_proxies = match raw.trusted_proxies {
             None if trusted_hops > 0 => {
@@ -175,13 +159,7 @@ impl Config {
             }
         };
         Ok(Config {
-            names: Names {
-                upgrade_paths,
-                allowed_types,
-                websocket_subprotocols,
-                duplicate_upgrade_header,
-                client_addr_header,
-            },
+            names,
             trusted_hops,
             trusted_proxies,
             allowed_sources,
@@ -195,43 +173,6 @@ fn non_empty(key: &str, list: &[String]) -> Result<(), ConfigError> {
         return Err(ConfigError(format!("key {key:?}: must not be empty")));
     }
     Ok(())
-}
-
-fn token_list(
-    key: &str,
-    value: Option<Vec<String>>,
-    default: Vec<String>,
-) -> Result<Vec<String>, ConfigError> {
-    let Some(list) = value else {
-        return Ok(default);
-    };
-    non_empty(key, &list)?;
-    let mut out: Vec<String> = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        if !valid_token(t) {
-            return Err(ConfigError(format!(
-                "key {key:?}[{i}]: {t:?} is not an HTTP token"
-            )));
-        }
-        let lower = t.to_ascii_lowercase();
-        if out.contains(&lower) {
-            return Err(ConfigError(format!(
-                "key {key:?}[{i}]: {t:?} is listed twice"
-            )));
-        }
-        out.push(lower);
-    }
-    Ok(out)
-}
-
-fn header_name(key: &str, value: Option<String>, default: String) -> Result<String, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(h) if valid_token(&h) => Ok(h.to_ascii_lowercase()),
-        Some(h) => Err(ConfigError(format!(
-            "key {key:?}: {h:?} is not a header name"
-        ))),
-    }
 }
 
 /// A non-empty list of CIDR blocks or addresses (`allowed_sources`, `trusted_proxies`).

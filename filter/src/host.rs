@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::decision::{decide, RefusalKind, Verdict};
 use crate::rate_limit::{Bucket, BucketStore};
 use alpn_protocol::client_addr;
+use alpn_protocol::names::UpgradeType;
 use alpn_protocol::request::Request;
 
 proxy_wasm::main! {{
@@ -32,7 +33,8 @@ struct State {
     /// Streams Envoy created a context in the VM for: shows which requests cost
     /// the filter anything at all (the shipped matcher keeps ordinary ones out).
     streams: Option<u32>,
-    /// One counter per allowed type, in `config.names.allowed_types` order.
+    /// One counter per allowed type, in `config.names.allowed_types` order,
+    /// named by PROTOCOL.md's token whatever the type is renamed to.
     approved: Vec<Option<u32>>,
     /// One counter per refusal kind, in `RefusalKind::ALL` order.
     refused: Vec<Option<u32>>,
@@ -51,7 +53,7 @@ impl State {
             .names
             .allowed_types
             .iter()
-            .map(|t| counter(format!("{METRIC_PREFIX}.approved.{t}")))
+            .map(|t| counter(format!("{METRIC_PREFIX}.approved.{}", t.default_token())))
             .collect();
         let refused = RefusalKind::ALL
             .iter()
@@ -65,13 +67,13 @@ impl State {
         }
     }
 
-    fn count_approved(&self, upgrade_type: &str) {
+    fn count_approved(&self, upgrade_type: UpgradeType) {
         let index = self
             .config
             .names
             .allowed_types
             .iter()
-            .position(|t| t == upgrade_type);
+            .position(|t| *t == upgrade_type);
         increment(index.and_then(|i| self.approved[i]));
     }
 
@@ -102,9 +104,9 @@ impl RootContext for UpgradeRoot {
         match Config::parse(&bytes) {
             Ok(config) => {
                 info!(
-                    "configured: upgrade paths {:?}, types {:?}, trusted hops {} through proxies {:?}, source allow-list {}, rate limit {}",
+                    "configured: upgrade paths {:?}, types {}, trusted hops {} through proxies {:?}, source allow-list {}, rate limit {}",
                     config.names.upgrade_paths,
-                    config.names.allowed_types,
+                    config.names.allowed_list(),
                     config.trusted_hops,
                     config.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     if config.allowed_sources.is_some() { "on" } else { "off" },
@@ -200,7 +202,7 @@ impl HttpContext for UpgradeHttp {
         match decide(&req, config, client, &mut SharedDataStore, now_ms) {
             Verdict::Pass => Action::Continue,
             Verdict::Approve(approval) => {
-                state.count_approved(&approval.upgrade_type);
+                state.count_approved(approval.upgrade_type);
                 let client_text = client.map(|c| c.to_string());
                 if let Err(status) = hostcalls::set_map_value(
                     MapType::HttpRequestHeaders,
@@ -220,11 +222,10 @@ impl HttpContext for UpgradeHttp {
                 }
                 debug!(
                     "approved {} upgrade{} on {} from client {} (peer {})",
-                    approval.upgrade_type,
+                    config.names.type_token(approval.upgrade_type),
                     approval
                         .subprotocol
-                        .as_deref()
-                        .map(|s| format!(" (subprotocol {s})"))
+                        .map(|s| format!(" (subprotocol {})", config.names.subprotocol_token(s)))
                         .unwrap_or_default(),
                     req.path_only(),
                     show(client),

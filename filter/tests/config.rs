@@ -1,5 +1,6 @@
 //! Configuration parsing: defaults, and errors that name the key.
 
+use alpn_protocol::names::{Subprotocol, UpgradeType};
 use alpn_upgrade_filter::config::Config;
 use wasm_bindgen_test::wasm_bindgen_test;
 
@@ -18,13 +19,21 @@ fn absent_or_empty_configuration_means_the_defaults() {
 #[wasm_bindgen_test(unsupported = test)]
 fn every_key_is_accepted() {
     let c = Config::parse(
-        br#"{"upgrade_paths": ["/a", "/b"], "allowed_types": ["ALPN"], "websocket_subprotocols": ["alpn"],
+        br#"{"upgrade_paths": ["/a", "/b"], "type_tokens": {"alpn": "TCP", "alpn_ping": "tcp-ping", "websocket": "websocket"},
+            "allowed_types": ["tcp", "WebSocket"], "subprotocol_tokens": {"alpn": "raw", "alpn_ping": "pinged"},
+            "websocket_subprotocols": ["pinged"],
             "duplicate_upgrade_header": "X-Dup", "client_addr_header": "X-Client", "trusted_hops": 1,
             "trusted_proxies": ["10.0.0.0/16", "192.0.2.1", "2001:db8::/32"],
             "allowed_sources": ["10.0.0.0/8", "192.0.2.1"], "rate_limit": {"upgrades": 5, "per_seconds": 60, "slots": 16}}"#,
     )
     .unwrap();
-    assert_eq!(c.names.allowed_types, ["alpn"]);
+    assert_eq!(
+        c.names.allowed_types,
+        [UpgradeType::Alpn, UpgradeType::WebSocket]
+    );
+    assert_eq!(c.names.allowed_list(), "tcp, websocket");
+    assert_eq!(c.names.websocket_subprotocols, [Subprotocol::AlpnPing]);
+    assert_eq!(c.names.subprotocol_token(Subprotocol::Alpn), "raw");
     assert_eq!(c.names.duplicate_upgrade_header, "x-dup");
     assert_eq!(c.trusted_hops, 1);
     assert_eq!(c.trusted_proxies.len(), 3);
@@ -39,7 +48,25 @@ fn errors_name_the_key() {
         (r#"{"upgrade_paths": ["x"]}"#, "upgrade_paths"),
         (r#"{"upgrade_paths": []}"#, "upgrade_paths"),
         (r#"{"allowed_types": ["al pn"]}"#, "allowed_types"),
-        (r#"{"allowed_types": ["alpn", "ALPN"]}"#, "allowed_types"),
+        (r#"{"allowed_types": ["alpn", "ALPN"]}"#, "allowed_types[1]"),
+        (r#"{"allowed_types": ["chat"]}"#, "allowed_types[0]"),
+        (
+            r#"{"type_tokens": {"alpn": "tcp"}, "allowed_types": ["alpn"]}"#,
+            "allowed_types[0]",
+        ),
+        (
+            r#"{"type_tokens": {"alpn_ping": "websocket"}}"#,
+            "type_tokens.alpn_ping",
+        ),
+        (r#"{"type_tokens": {"ssh": "x"}}"#, "ssh"),
+        (
+            r#"{"subprotocol_tokens": {"alpn": "a b"}}"#,
+            "subprotocol_tokens.alpn",
+        ),
+        (
+            r#"{"websocket_subprotocols": ["alpn", "x"]}"#,
+            "websocket_subprotocols[1]",
+        ),
         (
             r#"{"client_addr_header": "bad header"}"#,
             "client_addr_header",

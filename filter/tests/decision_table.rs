@@ -447,7 +447,8 @@ fn check(case: &Case, verdict: &Verdict) {
                 subprotocol,
                 ..
             }),
-        ) if upgrade_type == t && subprotocol.as_deref() == *sub => {}
+        ) if upgrade_type.default_token() == *t
+            && subprotocol.map(|s| s.default_token()) == *sub => {}
         (Want::Refuse(kind, status), Verdict::Refuse(r))
             if r.kind == *kind && r.kind.status() == *status =>
         {
@@ -623,4 +624,86 @@ fn custom_names_are_honoured() {
     ] {
         check(&case, &run(&config, &case, None, &mut store));
     }
+
+    // Renamed tokens: the new ones are accepted, PROTOCOL.md's are not.
+    let config = Config::parse(
+        br#"{"type_tokens": {"alpn": "tcp", "websocket": "ws"}, "subprotocol_tokens": {"alpn_ping": "tcp-ping"}}"#,
+    )
+    .unwrap();
+    const WS: &[(&str, &str)] = &[
+        ("connection", "upgrade"),
+        ("upgrade", "ws"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", KEY),
+        ("sec-websocket-protocol", "chat, tcp-ping"),
+    ];
+    const WS_OLD_SUBPROTOCOL: &[(&str, &str)] = &[
+        ("connection", "upgrade"),
+        ("upgrade", "ws"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", KEY),
+        ("sec-websocket-protocol", "alpn-ping"),
+    ];
+    for case in [
+        c(
+            "renamed alpn",
+            "GET",
+            UP,
+            &[("connection", "upgrade"), ("upgrade", "TCP")],
+            Want::Approve("alpn", None),
+        ),
+        c(
+            "the old alpn token",
+            "GET",
+            UP,
+            ALPN,
+            Want::Refuse(RefusalKind::TypeNotAllowed, 426),
+        ),
+        c(
+            "renamed websocket and subprotocol",
+            "GET",
+            UP,
+            WS,
+            Want::Approve("websocket", Some("alpn-ping")),
+        ),
+        c(
+            "the old subprotocol token",
+            "GET",
+            UP,
+            WS_OLD_SUBPROTOCOL,
+            Want::Refuse(RefusalKind::WebSocketSubprotocol, 400),
+        ),
+        c(
+            "the renamed alpn type elsewhere is ours",
+            "GET",
+            "/app",
+            &[("connection", "upgrade"), ("upgrade", "tcp")],
+            Want::Refuse(RefusalKind::WrongPath, 404),
+        ),
+        c(
+            "the old alpn token elsewhere is the application's",
+            "GET",
+            "/app",
+            ALPN,
+            Want::Pass,
+        ),
+    ] {
+        check(&case, &run(&config, &case, None, &mut store));
+    }
+    let refusal = match run(
+        &config,
+        &c("", "GET", UP, &[("connection", "upgrade")], Want::Pass),
+        None,
+        &mut store,
+    ) {
+        Verdict::Refuse(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        refusal
+            .headers
+            .contains(&("upgrade", "tcp, alpn-ping, ws".into())),
+        "a 426 lists the renamed types: {:?}",
+        refusal.headers
+    );
 }

@@ -59,7 +59,7 @@ const CONFIGS: &[&str] = &[
     "",
     r#"{"trusted_hops": 3, "trusted_proxies": ["10.0.0.0/8", "::1"], "allowed_sources": ["0.0.0.0/0", "::/0"]}"#,
     r#"{"allowed_sources": ["10.0.0.0/8"], "rate_limit": {"upgrades": 1, "per_seconds": 1, "slots": 1}}"#,
-    r#"{"upgrade_paths": ["/", "/connectionupgrade"], "allowed_types": ["websocket"], "websocket_subprotocols": ["x"]}"#,
+    r#"{"upgrade_paths": ["/", "/connectionupgrade"], "allowed_types": ["websocket"], "subprotocol_tokens": {"alpn": "x"}, "websocket_subprotocols": ["x"]}"#,
 ];
 
 struct Rng(u64);

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use alpn_protocol::names::Names;
+use alpn_protocol::names_config::NamesConfig;
 use ipnet::IpNet;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -65,8 +67,12 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawUpgrade {
     listen: SocketAddr,
-    #[serde(default = "de::default_path", deserialize_with = "de::upgrade_path")]
-    path: String,
+    /// Shorthand for `names.upgrade_paths = [path]`.
+    #[serde(default, deserialize_with = "de::upgrade_path")]
+    path: Option<String>,
+    /// The protocol's names, with the filter's keys.
+    #[serde(default)]
+    names: NamesConfig,
     #[serde(default, deserialize_with = "de::nets")]
     trusted_peers: Vec<IpNet>,
     #[serde(
@@ -166,11 +172,9 @@ pub struct Config {
 pub struct UpgradeListener {
     /// Address to bind.
     pub listen: SocketAddr,
-    /// The only path upgrades are accepted on.
-    pub path: String,
-    /// The protocol's names this listener validates upgrades with (the path
-    /// above, the defaults otherwise), built once per configuration load.
-    pub names: alpn_protocol::names::Names,
+    /// The protocol's names this listener validates upgrades with (paths,
+    /// type and subprotocol tokens, headers), built once per configuration load.
+    pub names: Names,
     /// Peers whose `X-Alpn-Client-Addr` is believed (Envoy).
     pub trusted_peers: Vec<IpNet>,
     /// How often `alpn-ping` and WebSocket tunnels are pinged.
@@ -416,13 +420,21 @@ impl Config {
                     Some(t) => Some(ctx.cert_key("upgrade.tls", &t.cert, &t.key)?),
                     None => None,
                 };
-                let names = alpn_protocol::names::Names {
-                    upgrade_paths: vec![u.path.clone()],
-                    ..Default::default()
-                };
+                let mut names = u.names;
+                if let Some(path) = u.path {
+                    if names.upgrade_paths.is_some() {
+                        return Err(ctx.invalid(
+                            "upgrade.path",
+                            "set the upgrade path once: either upgrade.path or upgrade.names.upgrade_paths",
+                        ));
+                    }
+                    names.upgrade_paths = Some(vec![path]);
+                }
+                let names = names
+                    .into_names()
+                    .map_err(|e| ctx.invalid(format!("upgrade.names.{}", e.key), e.message))?;
                 Some(UpgradeListener {
                     listen: u.listen,
-                    path: u.path,
                     names,
                     trusted_peers: u.trusted_peers,
                     ping_interval: u.ping_interval,
@@ -523,22 +535,20 @@ mod de {
     use serde::de::{Deserializer, Error};
     use serde::Deserialize;
 
-    pub(super) fn default_path() -> String {
-        alpn_protocol::names::Names::default().upgrade_paths[0].clone()
-    }
-
     pub(super) fn default_ping_interval() -> Duration {
         Duration::from_secs(30)
     }
 
-    pub(super) fn upgrade_path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    pub(super) fn upgrade_path<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<String>, D::Error> {
         let path = String::deserialize(d)?;
         if !alpn_protocol::names::valid_path(&path) {
             return Err(D::Error::custom(format!(
                 "{path:?} must be a path starting with '/'"
             )));
         }
-        Ok(path)
+        Ok(Some(path))
     }
 
     /// An address or CIDR block; IPv4-mapped IPv6 ones become IPv4, as the

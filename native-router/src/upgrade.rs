@@ -9,7 +9,7 @@ use std::io;
 use std::net::IpAddr;
 
 use alpn_protocol::client_addr::parse_addr;
-use alpn_protocol::framing::{Framing, Subprotocol};
+use alpn_protocol::framing::Framing;
 use alpn_protocol::names::Names;
 use alpn_protocol::request::Request;
 use alpn_protocol::validate::{validate, Refusal, Verdict};
@@ -27,6 +27,9 @@ pub use alpn_protocol::websocket::accept_key;
 #[derive(Debug)]
 pub struct Pending {
     accepted: Accepted,
+    /// The tokens the answer names the type and subprotocol with.
+    upgrade_token: String,
+    subprotocol_token: Option<String>,
     /// The `Sec-WebSocket-Accept` value, for WebSocket.
     websocket_accept: Option<String>,
 }
@@ -42,15 +45,13 @@ impl Pending {
         self,
         stream: &mut S,
     ) -> Result<Accepted, UpgradeError> {
-        let framing = self.accepted.framing;
         let mut answer = format!(
             "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {}\r\n",
-            framing.upgrade_token()
+            self.upgrade_token
         );
-        if let (Framing::WebSocket(sub), Some(accept)) = (framing, &self.websocket_accept) {
+        if let (Some(sub), Some(accept)) = (&self.subprotocol_token, &self.websocket_accept) {
             answer.push_str(&format!(
-                "Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {}\r\n",
-                sub.token()
+                "Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {sub}\r\n"
             ));
         }
         answer.push_str("\r\n");
@@ -193,29 +194,17 @@ pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
             .await
         }
     };
-    let framing = match (
-        approval.upgrade_type.as_str(),
-        approval.subprotocol.as_deref(),
-    ) {
-        ("alpn", _) => Framing::Alpn,
-        ("alpn-ping", _) => Framing::AlpnPing,
-        (_, Some(s)) => Framing::WebSocket(Subprotocol::from_token(s).unwrap_or(Subprotocol::Alpn)),
-        (other, None) => {
-            return refuse(
-                stream,
-                426,
-                &format!("upgrade type {other:?} is not served here"),
-                &[],
-            )
-            .await;
-        }
-    };
+    let framing = approval.framing();
     let websocket_accept = matches!(framing, Framing::WebSocket(_))
         .then(|| accept_key(request.single("sec-websocket-key").unwrap_or_default()));
     let client_addr = request
         .single(&names.client_addr_header)
         .and_then(parse_addr);
     Ok(Pending {
+        upgrade_token: names.type_token(approval.upgrade_type).to_string(),
+        subprotocol_token: approval
+            .subprotocol
+            .map(|s| names.subprotocol_token(s).to_string()),
         accepted: Accepted {
             framing,
             client_addr,
@@ -279,6 +268,7 @@ fn reason_phrase(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alpn_protocol::framing::Subprotocol;
     use alpn_protocol::handshake::{client_request, read_answer, read_switch, AnswerError};
 
     async fn exchange(request: &[u8]) -> (Result<Accepted, UpgradeError>, String) {
@@ -306,7 +296,12 @@ mod tests {
                 Framing::WebSocket(Subprotocol::AlpnPing),
             ),
         ] {
-            let (req, key) = client_request(asked, "router.test", "/connectionupgrade");
+            let (req, key) = client_request(
+                asked,
+                "router.test",
+                "/connectionupgrade",
+                &Names::default(),
+            );
             let mut bytes = req.into_bytes();
             bytes.extend_from_slice(b"\x16\x03\x01early");
             let (result, answer) = exchange(&bytes).await;
@@ -317,7 +312,7 @@ mod tests {
                 "bytes after the head belong to the tunnel"
             );
             let mut reader = answer.as_bytes();
-            let switched = read_switch(&mut reader, asked, key.as_deref())
+            let switched = read_switch(&mut reader, asked, key.as_deref(), &Names::default())
                 .await
                 .unwrap();
             assert_eq!(switched.framing, in_use, "the client names what is in use");
@@ -340,8 +335,8 @@ mod tests {
             assert!(matches!(result, Err(UpgradeError::Refused { status: s, .. }) if s == status), "{request:?}: {result:?}");
             assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")) && answer.contains(text), "{answer}");
             let mut reader = answer.as_bytes();
-            match read_answer(&mut reader, Framing::Alpn, None).await {
-                Err(AnswerError::Status { status: s, reason }) => assert!(s == status && reason.contains(text), "{reason}"),
+            match read_answer(&mut reader, Framing::Alpn, None, &Names::default()).await {
+                Err(AnswerError::Status { status: s, reason, .. }) => assert!(s == status && reason.contains(text), "{reason}"),
                 other => panic!("{other:?}"),
             }
         }

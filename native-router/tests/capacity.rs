@@ -28,8 +28,12 @@ fn routes(addr: SocketAddr) -> String {
 fn raw_upgrade(addr: SocketAddr, client: Option<&str>) -> (String, TcpStream) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let (request, _) =
-        handshake::client_request(Framing::AlpnPing, "router.test", "/connectionupgrade");
+    let (request, _) = handshake::client_request(
+        Framing::AlpnPing,
+        "router.test",
+        "/connectionupgrade",
+        &alpn_protocol::names::Names::default(),
+    );
     let request = match client {
         Some(c) => request.replacen(
             "\r\n\r\n",

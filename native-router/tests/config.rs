@@ -53,7 +53,8 @@ fn the_example_loads_with_its_meanings() {
     let config = Config::load(&write(dir.path(), EXAMPLE)).unwrap();
     let upgrade = config.upgrade.as_ref().unwrap();
     assert_eq!(upgrade.listen.to_string(), "127.0.0.1:9001");
-    assert_eq!(upgrade.path, "/connectionupgrade");
+    assert_eq!(upgrade.names.upgrade_paths, ["/connectionupgrade"]);
+    assert_eq!(upgrade.names, alpn_protocol::names::Names::default());
     assert_eq!(upgrade.ping_interval, Duration::from_secs(30));
     assert_eq!(upgrade.trusted_peers.len(), 1);
     assert_eq!(config.direct.unwrap().to_string(), "0.0.0.0:9443");
@@ -76,8 +77,67 @@ fn the_example_loads_with_its_meanings() {
 }
 
 #[test]
+fn every_name_is_configurable_with_the_filters_keys() {
+    use alpn_protocol::names::{Subprotocol, UpgradeType};
+    let dir = tempfile::tempdir().unwrap();
+    let toml = EXAMPLE.replace(
+        "path = \"/connectionupgrade\"\n",
+        r#"names.upgrade_paths = ["/tunnel", "/t2"]
+names.type_tokens = { alpn = "tcp", alpn_ping = "tcp-ping", websocket = "ws" }
+names.allowed_types = ["tcp-ping", "ws"]
+names.subprotocol_tokens = { alpn = "raw", alpn_ping = "pinged" }
+names.websocket_subprotocols = ["pinged"]
+names.duplicate_upgrade_header = "X-Tunnel-Type"
+names.client_addr_header = "X-Tunnel-Client"
+"#,
+    );
+    let config = Config::load(&write(dir.path(), &toml)).unwrap();
+    let names = &config.upgrade.as_ref().unwrap().names;
+    assert_eq!(names.upgrade_paths, ["/tunnel", "/t2"]);
+    assert_eq!(names.type_token(UpgradeType::AlpnPing), "tcp-ping");
+    assert_eq!(
+        names.allowed_types,
+        [UpgradeType::AlpnPing, UpgradeType::WebSocket]
+    );
+    assert_eq!(names.subprotocol_token(Subprotocol::Alpn), "raw");
+    assert_eq!(names.websocket_subprotocols, [Subprotocol::AlpnPing]);
+    assert_eq!(
+        (
+            names.duplicate_upgrade_header.as_str(),
+            names.client_addr_header.as_str()
+        ),
+        ("x-tunnel-type", "x-tunnel-client")
+    );
+}
+
+#[test]
 fn every_mistake_names_its_key() {
     let cases: &[(&str, &str, &str)] = &[
+        (
+            "path = \"/connectionupgrade\"",
+            "path = \"/connectionupgrade\"\nnames = { upgrade_paths = [\"/t\"] }",
+            "upgrade.path",
+        ),
+        (
+            "path = \"/connectionupgrade\"",
+            "names = { type_tokens = { alpn = \"websocket\" } }",
+            "upgrade.names.type_tokens.alpn",
+        ),
+        (
+            "path = \"/connectionupgrade\"",
+            "names = { allowed_types = [\"alpn\", \"chat\"] }",
+            "upgrade.names.allowed_types[1]",
+        ),
+        (
+            "path = \"/connectionupgrade\"",
+            "names = { client_addr_header = \"Host\" }",
+            "upgrade.names.client_addr_header",
+        ),
+        (
+            "path = \"/connectionupgrade\"",
+            "names = { upgrade_path = [\"/t\"] }",
+            "upgrade.names.upgrade_path",
+        ),
         (
             "[upgrade]\nlisten = \"127.0.0.1:9001\"\n",
             "[upgrade]\nlisten = \"127.0.0.1:9001\"\nbogus = 1\n",
@@ -195,6 +255,31 @@ fn the_shipped_example_is_valid() {
     assert_eq!(
         config.routes[1].idle_timeout,
         Some(Duration::from_secs(3600))
+    );
+
+    // The commented names table, uncommented (in place of `path`), loads and
+    // shows the defaults.
+    let mut in_names = false;
+    let mut names_uncommented = String::new();
+    for line in example.lines() {
+        if line == "# [upgrade.names]" {
+            in_names = true;
+        }
+        if line.trim().is_empty() {
+            in_names = false;
+        }
+        match line.strip_prefix("# ") {
+            Some(rest) if in_names => names_uncommented.push_str(rest),
+            _ if line.starts_with("path = ") => continue,
+            _ => names_uncommented.push_str(line),
+        }
+        names_uncommented.push('\n');
+    }
+    assert!(names_uncommented.contains("\n[upgrade.names]\n"));
+    let config = Config::load(&write(dir.path(), &names_uncommented)).unwrap();
+    assert_eq!(
+        config.upgrade.unwrap().names,
+        alpn_protocol::names::Names::default()
     );
 }
 

@@ -219,6 +219,7 @@ async fn tunnels_open_at_the_end_of_the_drain_are_closed_cleanly_and_counted() {
         Framing::WebSocket(Subprotocol::Alpn),
         "router.test",
         "/connectionupgrade",
+        &alpn_protocol::names::Names::default(),
         Duration::from_secs(30),
     )
     .await

@@ -233,9 +233,14 @@ async fn upgrade_as_envoy(pki: &Pki, router: &RouterProcess, client_addr: &str) 
         "GET /connectionupgrade HTTP/1.1\r\nHost: r\r\nConnection: Upgrade\r\nUpgrade: alpn\r\nX-Alpn-Client-Addr: {client_addr}\r\n\r\n"
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
-    let leftover = handshake::read_answer(&mut tcp, Framing::Alpn, None)
-        .await
-        .unwrap();
+    let leftover = handshake::read_answer(
+        &mut tcp,
+        Framing::Alpn,
+        None,
+        &alpn_protocol::names::Names::default(),
+    )
+    .await
+    .unwrap();
     let framed = Framed::new(
         Framing::Alpn,
         Role::Client,
@@ -383,12 +388,14 @@ async fn malformed_frames_close_the_tunnel_cleanly() {
         Framing::WebSocket(Subprotocol::Alpn),
         "r",
         "/connectionupgrade",
+        &alpn_protocol::names::Names::default(),
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let leftover = handshake::read_answer(
         &mut tcp,
         Framing::WebSocket(Subprotocol::Alpn),
         key.as_deref(),
+        &alpn_protocol::names::Names::default(),
     )
     .await
     .unwrap();
@@ -412,11 +419,21 @@ async fn malformed_frames_close_the_tunnel_cleanly() {
     let mut tcp = tokio::net::TcpStream::connect(router.upgrade)
         .await
         .unwrap();
-    let (req, _) = handshake::client_request(Framing::AlpnPing, "r", "/connectionupgrade");
+    let (req, _) = handshake::client_request(
+        Framing::AlpnPing,
+        "r",
+        "/connectionupgrade",
+        &alpn_protocol::names::Names::default(),
+    );
     tcp.write_all(req.as_bytes()).await.unwrap();
-    handshake::read_answer(&mut tcp, Framing::AlpnPing, None)
-        .await
-        .unwrap();
+    handshake::read_answer(
+        &mut tcp,
+        Framing::AlpnPing,
+        None,
+        &alpn_protocol::names::Names::default(),
+    )
+    .await
+    .unwrap();
     tcp.write_all(b"\0\0\x01\0\x16\x03").await.unwrap();
     tcp.shutdown().await.unwrap();
     let mut back = Vec::new();

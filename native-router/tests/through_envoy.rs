@@ -21,13 +21,22 @@ use tokio::time::timeout;
 /// Upgrades `tcp` (connected to Envoy) with `X-Forwarded-For: xff`, runs the
 /// inner TLS handshake for ALPN `postgresql` and checks an echo.
 async fn tunnel_and_echo(mut tcp: TcpStream, framing: Framing, xff: &str, pki: &Pki) {
-    let (request, key) =
-        alpn_protocol::handshake::client_request(framing, "tunnel.example", "/connectionupgrade");
+    let (request, key) = alpn_protocol::handshake::client_request(
+        framing,
+        "tunnel.example",
+        "/connectionupgrade",
+        &alpn_protocol::names::Names::default(),
+    );
     let request = request.replace("\r\n\r\n", &format!("\r\nX-Forwarded-For: {xff}\r\n\r\n"));
     tcp.write_all(request.as_bytes()).await.unwrap();
-    let leftover = alpn_protocol::handshake::read_answer(&mut tcp, framing, key.as_deref())
-        .await
-        .unwrap();
+    let leftover = alpn_protocol::handshake::read_answer(
+        &mut tcp,
+        framing,
+        key.as_deref(),
+        &alpn_protocol::names::Names::default(),
+    )
+    .await
+    .unwrap();
     let framed = alpn_protocol::framing::Framed::new(
         framing,
         alpn_protocol::framing::Role::Client,

@@ -133,6 +133,7 @@ async fn the_upgrade_listener_can_take_tls_from_envoy() {
         Framing::AlpnPing,
         "router.test",
         "/connectionupgrade",
+        &alpn_protocol::names::Names::default(),
         Duration::from_secs(30),
     )
     .await

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::framing::{Framing, Subprotocol};
+use crate::names::Names;
 use crate::websocket::accept_key;
 
 /// The largest answer (or request) head read.
@@ -28,13 +29,19 @@ pub fn offered_subprotocols(framing: Framing) -> &'static [Subprotocol] {
     }
 }
 
-/// The client's side: the request for `framing` to `host` on `path`, and the
-/// WebSocket key it carries (to check the answer with). A WebSocket request
-/// offers [`offered_subprotocols`].
-pub fn client_request(framing: Framing, host: &str, path: &str) -> (String, Option<String>) {
-    let token = framing.upgrade_token();
+/// The client's side: the request for `framing` to `host` on `path`, with the
+/// tokens and duplicate header of `names`, and the WebSocket key it carries (to
+/// check the answer with). A WebSocket request offers [`offered_subprotocols`].
+pub fn client_request(
+    framing: Framing,
+    host: &str,
+    path: &str,
+    names: &Names,
+) -> (String, Option<String>) {
+    let token = names.type_token(framing.upgrade_type());
+    let duplicate = &names.duplicate_upgrade_header;
     let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {token}\r\nX-Alpn-Upgrade: {token}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {token}\r\n{duplicate}: {token}\r\n"
     );
     let mut key = None;
     if let Framing::WebSocket(_) = framing {
@@ -45,7 +52,7 @@ pub fn client_request(framing: Framing, host: &str, path: &str) -> (String, Opti
         let k = base64::engine::general_purpose::STANDARD.encode(raw);
         let offered: Vec<&str> = offered_subprotocols(framing)
             .iter()
-            .map(|s| s.token())
+            .map(|s| names.subprotocol_token(*s))
             .collect();
         req.push_str(&format!(
             "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {k}\r\nSec-WebSocket-Protocol: {}\r\n",
@@ -67,6 +74,8 @@ pub enum AnswerError {
         status: u16,
         /// The reason from the body (PROTOCOL.md's text/plain line), or the reason phrase.
         reason: String,
+        /// The answer's `Upgrade` header: a 426 lists the types the server allows.
+        upgrade: Option<String>,
     },
     /// A 101 that does not match the request.
     #[error("the server switched protocols wrongly: {0}")]
@@ -97,8 +106,11 @@ pub async fn read_answer<S: AsyncRead + Unpin>(
     stream: &mut S,
     framing: Framing,
     key: Option<&str>,
+    names: &Names,
 ) -> Result<Vec<u8>, AnswerError> {
-    read_switch(stream, framing, key).await.map(|s| s.leftover)
+    read_switch(stream, framing, key, names)
+        .await
+        .map(|s| s.leftover)
 }
 
 /// Reads the answer to `client_request`; on a 101, returns the framing in use
@@ -108,6 +120,7 @@ pub async fn read_switch<S: AsyncRead + Unpin>(
     stream: &mut S,
     framing: Framing,
     key: Option<&str>,
+    names: &Names,
 ) -> Result<Switched, AnswerError> {
     let mut buf = Vec::with_capacity(512);
     loop {
@@ -152,13 +165,17 @@ pub async fn read_switch<S: AsyncRead + Unpin>(
                     } else {
                         text
                     };
-                    return Err(AnswerError::Status { status, reason });
+                    return Err(AnswerError::Status {
+                        status,
+                        reason,
+                        upgrade: find("upgrade"),
+                    });
                 }
                 let upgrade = find("upgrade").unwrap_or_default();
-                if !upgrade.eq_ignore_ascii_case(framing.upgrade_token()) {
+                let asked = names.type_token(framing.upgrade_type());
+                if !upgrade.eq_ignore_ascii_case(asked) {
                     return Err(AnswerError::BadSwitch(format!(
-                        "asked for {}, got Upgrade: {upgrade:?}",
-                        framing.upgrade_token()
+                        "asked for {asked}, got Upgrade: {upgrade:?}"
                     )));
                 }
                 let mut in_use = framing;
@@ -175,9 +192,12 @@ pub async fn read_switch<S: AsyncRead + Unpin>(
                     let chosen = find("sec-websocket-protocol").unwrap_or_default();
                     let Some(sub) = offered
                         .iter()
-                        .find(|s| s.token().eq_ignore_ascii_case(&chosen))
+                        .find(|s| names.subprotocol_token(**s).eq_ignore_ascii_case(&chosen))
                     else {
-                        let tokens: Vec<&str> = offered.iter().map(|s| s.token()).collect();
+                        let tokens: Vec<&str> = offered
+                            .iter()
+                            .map(|s| names.subprotocol_token(*s))
+                            .collect();
                         return Err(AnswerError::BadSwitch(format!(
                             "subprotocol {chosen:?}, not one offered ({})",
                             tokens.join(", ")
@@ -212,6 +232,7 @@ pub async fn read_switch<S: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::UpgradeType;
     use tokio::io::AsyncWriteExt;
 
     #[test]
@@ -226,7 +247,7 @@ mod tests {
                 "Sec-WebSocket-Protocol: alpn-ping\r\n",
             ),
         ] {
-            let (req, _) = client_request(framing, "h", "/connectionupgrade");
+            let (req, _) = client_request(framing, "h", "/connectionupgrade", &Names::default());
             assert!(req.contains(offered), "{req}");
         }
     }
@@ -250,11 +271,11 @@ mod tests {
             (ws_ping, "alpn", None),
             (ws, "chat", None),
         ] {
-            let (_, key) = client_request(asked, "h", "/connectionupgrade");
+            let (_, key) = client_request(asked, "h", "/connectionupgrade", &Names::default());
             let key = key.unwrap();
             let answer = websocket_switch(&key, chosen);
             let mut reader = answer.as_bytes();
-            let got = read_switch(&mut reader, asked, Some(&key)).await;
+            let got = read_switch(&mut reader, asked, Some(&key), &Names::default()).await;
             match (got, in_use) {
                 (Ok(s), Some(f)) => assert_eq!(s.framing, f, "{chosen}"),
                 (Err(AnswerError::BadSwitch(why)), None) => {
@@ -262,6 +283,42 @@ mod tests {
                 }
                 (other, _) => panic!("{asked:?} answered {chosen}: {other:?}"),
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn renamed_tokens_are_asked_for_and_checked() {
+        let mut names = Names::default();
+        names.type_tokens[UpgradeType::WebSocket as usize] = "ws".into();
+        names.subprotocol_tokens = ["tcp".into(), "tcp-ping".into()];
+        names.duplicate_upgrade_header = "x-tunnel".into();
+        let ws = Framing::WebSocket(Subprotocol::Alpn);
+        let (req, key) = client_request(ws, "h", "/t", &names);
+        assert!(req.starts_with("GET /t HTTP/1.1\r\n"), "{req}");
+        for line in [
+            "Upgrade: ws\r\n",
+            "x-tunnel: ws\r\n",
+            "Sec-WebSocket-Protocol: tcp-ping, tcp\r\n",
+        ] {
+            assert!(req.contains(line), "{line:?} in {req}");
+        }
+        let key = key.unwrap();
+        let switch = |upgrade: &str, sub: &str| {
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {sub}\r\n\r\n",
+                accept_key(&key)
+            )
+        };
+        let answer = switch("ws", "TCP");
+        let got = read_switch(&mut answer.as_bytes(), ws, Some(&key), &names).await;
+        assert_eq!(got.unwrap().framing, ws);
+        for (upgrade, sub) in [("websocket", "tcp"), ("ws", "alpn")] {
+            let answer = switch(upgrade, sub);
+            let got = read_switch(&mut answer.as_bytes(), ws, Some(&key), &names).await;
+            assert!(
+                matches!(got, Err(AnswerError::BadSwitch(_))),
+                "{upgrade} {sub}: {got:?}"
+            );
         }
     }
 
@@ -275,12 +332,12 @@ mod tests {
             .unwrap();
         let answer = tokio::time::timeout(
             Duration::from_secs(5),
-            read_switch(&mut client, Framing::Alpn, None),
+            read_switch(&mut client, Framing::Alpn, None, &Names::default()),
         )
         .await
         .expect("the status is reported without waiting for the whole body");
         match answer {
-            Err(AnswerError::Status { status, reason }) => {
+            Err(AnswerError::Status { status, reason, .. }) => {
                 assert_eq!((status, reason.as_str()), (403, "partial reason"))
             }
             other => panic!("{other:?}"),

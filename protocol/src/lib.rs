@@ -2,7 +2,9 @@
 //! `docs/protocol.md` for users), sans-IO: no sockets, no runtime, so the Envoy
 //! filter (wasm32), the router and the client share one definition of it.
 //!
-//! - [`names`]: the configurable names with the protocol's defaults.
+//! - [`names`]: the configurable names with the protocol's defaults, and the
+//!   upgrade types and subprotocols they name; [`names_config`]: the names as
+//!   configurations write them, checked.
 //! - [`request`]: a read-only view of an upgrade request's facts.
 //! - [`validate`]: an upgrade request into an approval or a refusal (status,
 //!   reason), as sections 2 and 3 say.
@@ -19,6 +21,7 @@ pub mod framing;
 #[cfg(feature = "tokio")]
 pub mod handshake;
 pub mod names;
+pub mod names_config;
 pub mod request;
 pub mod validate;
 pub mod websocket;

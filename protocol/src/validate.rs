@@ -4,7 +4,8 @@
 //! include the policy refusals (403, 429) that deployments add on top, so the
 //! table of statuses lives in one place.
 
-use crate::names::{Names, WEBSOCKET};
+use crate::framing::Framing;
+use crate::names::{Names, Subprotocol, UpgradeType};
 use crate::request::Request;
 use crate::websocket::valid_key;
 
@@ -22,12 +23,19 @@ pub enum Verdict {
 /// An approved upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
-    /// The upgrade type, lower case, as configured.
-    pub upgrade_type: String,
+    /// The upgrade type.
+    pub upgrade_type: UpgradeType,
     /// For WebSocket, the subprotocol the router will choose.
-    pub subprotocol: Option<String>,
+    pub subprotocol: Option<Subprotocol>,
     /// The type came from the duplicate header because `Upgrade` was scrubbed.
     pub from_duplicate_header: bool,
+}
+
+impl Approval {
+    /// How the upgraded stream is framed.
+    pub fn framing(&self) -> Framing {
+        Framing::of(self.upgrade_type, self.subprotocol)
+    }
 }
 
 /// Why a request was refused.
@@ -147,11 +155,9 @@ pub fn validate(req: &Request<'_>, names: &Names) -> Verdict {
         // Only ALPN tunnel types are ours elsewhere: the web application may
         // well serve WebSockets of its own.
         let tunnel_type = upgrades.iter().chain(&duplicates).any(|t| {
-            !t.eq_ignore_ascii_case(WEBSOCKET)
-                && names
-                    .allowed_types
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(t))
+            names
+                .type_named(t)
+                .is_some_and(|t| t != UpgradeType::WebSocket && names.allowed_types.contains(&t))
         });
         if tunnel_type {
             return refuse(
@@ -205,9 +211,8 @@ pub fn validate(req: &Request<'_>, names: &Names) -> Verdict {
         }
     };
     let Some(upgrade_type) = names
-        .allowed_types
-        .iter()
-        .find(|a| a.eq_ignore_ascii_case(chosen))
+        .type_named(chosen)
+        .filter(|t| names.allowed_types.contains(t))
     else {
         return upgrade_required(
             RefusalKind::TypeNotAllowed,
@@ -237,7 +242,7 @@ pub fn validate(req: &Request<'_>, names: &Names) -> Verdict {
     }
 
     let mut subprotocol = None;
-    if upgrade_type == WEBSOCKET {
+    if upgrade_type == UpgradeType::WebSocket {
         if req.single("sec-websocket-version") != Some("13") {
             return refuse_with(
                 RefusalKind::WebSocketVersion,
@@ -253,25 +258,25 @@ pub fn validate(req: &Request<'_>, names: &Names) -> Verdict {
             );
         }
         let offered = req.tokens("sec-websocket-protocol");
+        // The client's order of preference decides (RFC 6455 section 4.2.2).
         let Some(chosen) = offered.iter().find_map(|o| {
             names
-                .websocket_subprotocols
-                .iter()
-                .find(|s| s.eq_ignore_ascii_case(o))
+                .subprotocol_named(o)
+                .filter(|s| names.websocket_subprotocols.contains(s))
         }) else {
             return refuse(
                 RefusalKind::WebSocketSubprotocol,
                 format!(
                     "WebSocket upgrades need Sec-WebSocket-Protocol with one of {}",
-                    names.websocket_subprotocols.join(", ")
+                    names.subprotocol_list()
                 ),
             );
         };
-        subprotocol = Some(chosen.clone());
+        subprotocol = Some(chosen);
     }
 
     Verdict::Approve(Approval {
-        upgrade_type: upgrade_type.clone(),
+        upgrade_type,
         subprotocol,
         from_duplicate_header: from_duplicate,
     })

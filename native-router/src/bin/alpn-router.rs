@@ -92,11 +92,19 @@ fn check(path: &Path) -> anyhow::Result<()> {
             let c = &g.config;
             println!("{}: ok", path.display());
             if let Some(u) = &c.upgrade {
+                let n = &u.names;
                 println!(
                     "  upgrade listener {} on {} (pings every {})",
                     u.listen,
-                    u.path,
+                    n.upgrade_paths.join(", "),
                     humantime::format_duration(u.ping_interval)
+                );
+                println!(
+                    "  upgrade types {}; WebSocket subprotocols {}; headers {} and {}",
+                    n.allowed_list(),
+                    n.subprotocol_list(),
+                    n.duplicate_upgrade_header,
+                    n.client_addr_header
                 );
             }
             if let Some(d) = c.direct {

@@ -339,6 +339,7 @@ pub async fn tunnel(
                 f,
                 "router.test",
                 "/connectionupgrade",
+                &alpn_protocol::names::Names::default(),
                 Duration::from_secs(30),
             )
             .await

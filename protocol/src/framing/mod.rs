@@ -33,31 +33,8 @@ pub enum Role {
     Server,
 }
 
-/// The WebSocket subprotocols of PROTOCOL.md section 2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subprotocol {
-    /// Plain: pings are answered, not sent.
-    Alpn,
-    /// The server sends a WebSocket Ping every ping interval.
-    AlpnPing,
-}
-
-impl Subprotocol {
-    /// The token in `Sec-WebSocket-Protocol`.
-    pub fn token(self) -> &'static str {
-        match self {
-            Subprotocol::Alpn => "alpn",
-            Subprotocol::AlpnPing => "alpn-ping",
-        }
-    }
-
-    /// The subprotocol a token names (case-insensitive).
-    pub fn from_token(token: &str) -> Option<Subprotocol> {
-        [Subprotocol::Alpn, Subprotocol::AlpnPing]
-            .into_iter()
-            .find(|s| s.token().eq_ignore_ascii_case(token))
-    }
-}
+pub use crate::names::Subprotocol;
+use crate::names::UpgradeType;
 
 /// How an upgraded stream is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,12 +48,22 @@ pub enum Framing {
 }
 
 impl Framing {
-    /// The `Upgrade` token.
-    pub fn upgrade_token(self) -> &'static str {
+    /// The upgrade type (whose token [`crate::names::Names`] holds).
+    pub fn upgrade_type(self) -> UpgradeType {
         match self {
-            Framing::Alpn => "alpn",
-            Framing::AlpnPing => "alpn-ping",
-            Framing::WebSocket(_) => "websocket",
+            Framing::Alpn => UpgradeType::Alpn,
+            Framing::AlpnPing => UpgradeType::AlpnPing,
+            Framing::WebSocket(_) => UpgradeType::WebSocket,
+        }
+    }
+
+    /// The framing of an upgrade of type `t`; WebSocket with `subprotocol`
+    /// (plain `alpn` when none was chosen).
+    pub fn of(t: UpgradeType, subprotocol: Option<Subprotocol>) -> Framing {
+        match t {
+            UpgradeType::Alpn => Framing::Alpn,
+            UpgradeType::AlpnPing => Framing::AlpnPing,
+            UpgradeType::WebSocket => Framing::WebSocket(subprotocol.unwrap_or(Subprotocol::Alpn)),
         }
     }
 
