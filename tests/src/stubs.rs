@@ -88,6 +88,7 @@ pub fn echo_until_eof(conn: &mut TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match conn.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if conn.write_all(&buf[..n]).is_err() {
@@ -120,6 +121,7 @@ pub fn web() -> Stub {
             while rest.len() < len {
                 let mut chunk = [0u8; 4096];
                 match conn.read(&mut chunk) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Ok(0) | Err(_) => return,
                     Ok(n) => rest.extend_from_slice(&chunk[..n]),
                 }
