@@ -12,8 +12,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::tls::client_config;
 use alpn_tunnel as client;
+use alpn_tunnel::tls::client_config;
 use support::{backend, config, echo, http_get, tunnel, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;

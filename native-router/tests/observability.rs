@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::tls::client_config;
 use alpn_tunnel as client;
+use alpn_tunnel::tls::client_config;
 use serde_json::Value;
 use support::{
     backend, config, echo, router_command, tunnel, Logged, Pki, RouterProcess, DEADLINE,

@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::sync::Mutex;
 
 use alpn_protocol::framing::{Framed, Framing, Role, Subprotocol};
-use alpn_router::tls::client_config;
 use alpn_tunnel as client;
+use alpn_tunnel::tls::client_config;
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
 use support::{
@@ -178,7 +178,7 @@ async fn the_clients_first_routed_alpn_wins_and_unknown_alpns_get_the_alert() {
 async fn round_trip(
     pki: &Pki,
     router: &RouterProcess,
-    cert: Option<&alpn_router::config::CertKey>,
+    cert: Option<&alpn_tunnel::pem::CertKey>,
 ) -> std::io::Result<Vec<u8>> {
     let (mut s, _) = tunnel(pki, router.direct, None, &["postgresql"], cert).await?;
     s.write_all(b"ping").await?;

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::tls::client_config;
 use alpn_tunnel as client;
+use alpn_tunnel::tls::client_config;
 use integration_tests::envoy::{Bootstrap, Envoy};
 use support::{backend, config, proxy_then_echo, proxy_v2, Backend, Pki, RouterProcess, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

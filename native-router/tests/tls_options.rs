@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alpn_protocol::framing::Framing;
-use alpn_router::tls::{client_config, provider, root_store};
 use alpn_tunnel as client;
+use alpn_tunnel::tls::{client_config, provider, root_store};
 use integration_tests::tls::ca;
 use rustls::pki_types::ServerName;
 use support::{

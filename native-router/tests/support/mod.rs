@@ -14,11 +14,10 @@ pub use integration_tests::process::Logged;
 use std::thread;
 use std::time::Duration;
 
-use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::config::CertKey;
-use alpn_router::tls::client_config;
-use alpn_router::tunnel::Io;
+use alpn_protocol::framing::{Framing, Io, Subprotocol};
 use alpn_tunnel as client;
+use alpn_tunnel::pem::CertKey;
+use alpn_tunnel::tls::client_config;
 use integration_tests::tls::{self, ca};
 use rcgen::{CertifiedIssuer, KeyPair};
 use rustls::pki_types::CertificateDer;
@@ -358,9 +357,8 @@ pub async fn tunnel(
 /// `router.test` certificate), offering only `alpn`: for test servers that
 /// stand in for the router.
 pub fn router_server_config(pki: &Pki, alpn: &str) -> rustls::ServerConfig {
-    let ck = alpn_router::config::read_cert_key(&pki.path("server.pem"), &pki.path("server.key"))
-        .unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(alpn_router::tls::provider())
+    let ck = client::pem::read_cert_key(&pki.path("server.pem"), &pki.path("server.key")).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(client::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
@@ -379,7 +377,7 @@ pub fn tls_echo_backend(dir: &Path) -> Backend {
     std::fs::write(dir.join("backend-ca.pem"), ca.pem()).unwrap();
     let (_, _, ck) = leaf(&["backend.test"], "backend.test", &ca);
     let config = Arc::new(
-        ServerConfig::builder_with_provider(alpn_router::tls::provider())
+        ServerConfig::builder_with_provider(client::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
