@@ -15,7 +15,7 @@ use alpn_protocol::websocket::accept_key;
 use alpn_tunnel::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
-use support::{backend, config, echo, router_server_config, Pki, RouterProcess, DEADLINE};
+use support::{backend, config, echo, router_server_config, InProcessRouter, Pki, DEADLINE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -193,7 +193,7 @@ async fn quiet_tunnels_survive_idle_timeouts_in_every_pinging_mode() {
         "[[route]]\nalpn = \"echo\"\nbackend = \"{}\"\n",
         echo_backend.addr
     );
-    let router = RouterProcess::start(pki.dir.path(), &config(&routes));
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
     let envoy = Envoy::start(
         &Bootstrap::shipped("behind-l7.yaml")
             .port(8080, 0)
