@@ -7,9 +7,9 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use alpn_protocol::framing::Io;
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::tls::client_config;
-use alpn_router::tunnel::Io;
+use alpn_tunnel::tls::client_config;
 use alpn_tunnel::{Client, Options, Path, ServerUrl, UpgradeMode};
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};

@@ -8,8 +8,8 @@
 
 use std::time::Instant;
 
+use alpn_protocol::framing::Io;
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::tunnel::Io;
 use alpn_tunnel::{Client, Options, Path, ServerUrl, UpgradeMode};
 use tokio::io::AsyncWriteExt;
 

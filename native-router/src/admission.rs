@@ -6,13 +6,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The places of one router process.
 #[derive(Debug)]
-pub struct Places {
+pub(crate) struct Places {
     cap: Arc<Semaphore>,
     max: usize,
     per_client: Option<usize>,
@@ -23,14 +22,14 @@ pub struct Places {
 
 /// A client's share of the per-client limit, given back when dropped.
 #[derive(Debug)]
-pub struct ClientPlace {
+pub(crate) struct ClientPlace {
     places: Arc<Places>,
     ip: IpAddr,
 }
 
 impl Places {
     /// `max` places, at most `per_client` of them for one address.
-    pub fn new(max: usize, per_client: Option<usize>) -> Arc<Places> {
+    pub(crate) fn new(max: usize, per_client: Option<usize>) -> Arc<Places> {
         Arc::new(Places {
             cap: Arc::new(Semaphore::new(max)),
             max,
@@ -40,36 +39,28 @@ impl Places {
     }
 
     /// A place under the cap, if one is free now.
-    pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_take(&self) -> Option<OwnedSemaphorePermit> {
         self.cap.clone().try_acquire_owned().ok()
     }
 
     /// The cap.
-    pub fn max(&self) -> usize {
+    pub(crate) fn max(&self) -> usize {
         self.max
     }
 
     /// Places taken now.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.max - self.cap.available_permits()
     }
 
     /// Whether every place is taken.
-    pub fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.cap.available_permits() == 0
-    }
-
-    /// Waits until every place is back, at most `within`; whether they all are.
-    pub async fn all_back(&self, within: Duration) -> bool {
-        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
-        tokio::time::timeout(within, self.cap.acquire_many(all))
-            .await
-            .is_ok()
     }
 
     /// A place for client `ip` under the per-client limit: `Ok(None)` when there
     /// is no limit, `Err(limit)` when `ip` holds all it may.
-    pub fn take_client(self: &Arc<Self>, ip: IpAddr) -> Result<Option<ClientPlace>, usize> {
+    pub(crate) fn take_client(self: &Arc<Self>, ip: IpAddr) -> Result<Option<ClientPlace>, usize> {
         let Some(limit) = self.per_client else {
             return Ok(None);
         };

@@ -14,7 +14,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The buffer size while bytes flow: the largest TLS record's plaintext.
-pub const BUFFER: usize = 16 * 1024;
+pub(crate) const BUFFER: usize = 16 * 1024;
 
 /// One direction's state.
 #[derive(Debug, Default)]
@@ -100,7 +100,7 @@ impl Direction {
 /// Copies `a` to `b` and `b` to `a` until both directions have ended; returns
 /// the bytes carried each way (a to b, b to a). An error in either direction
 /// ends both.
-pub async fn bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+pub(crate) async fn bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,

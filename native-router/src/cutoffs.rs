@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, Level};
 
 /// How long one summary interval is.
-pub const INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(10);
 /// Lines logged one by one per interval before the rest are only counted.
-pub const LINES_PER_INTERVAL: u32 = 10;
+pub(crate) const LINES_PER_INTERVAL: u32 = 10;
 
 /// The counts of the current interval.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ struct Window {
 
 /// The cut-off log of one router process.
 #[derive(Debug)]
-pub struct Cutoffs {
+pub(crate) struct Cutoffs {
     window: Mutex<Window>,
 }
 
@@ -46,7 +46,7 @@ impl Default for Cutoffs {
 impl Cutoffs {
     /// Reports one cut-off of `kind` (a short label such as `refused 400`);
     /// `line` is the full line, made only when it is logged.
-    pub fn report(&self, kind: &'static str, line: impl FnOnce() -> String) {
+    pub(crate) fn report(&self, kind: &'static str, line: impl FnOnce() -> String) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if w.started.elapsed() >= INTERVAL {
             Self::summarise(&mut w);
@@ -67,7 +67,7 @@ impl Cutoffs {
     /// Logs the summary of an interval that is over, if anything was held back;
     /// the router calls it every [`INTERVAL`] so that a summary never waits for
     /// the next cut-off.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if w.started.elapsed() >= INTERVAL {
             Self::summarise(&mut w);

@@ -9,15 +9,15 @@ use std::io;
 use crate::config::Config;
 
 /// Descriptors one tunnel holds.
-pub const PER_TUNNEL: u64 = 2;
+pub(crate) const PER_TUNNEL: u64 = 2;
 /// Refusals answered at once when the cap is full (each holds its socket for
 /// a short lingering close); more are closed without an answer.
-pub const REFUSALS_IN_FLIGHT: usize = 64;
+pub(crate) const REFUSALS_IN_FLIGHT: usize = 64;
 /// Listeners, the runtime, logs and the like.
 const RESERVE: u64 = 64;
 
 /// The descriptors `config` needs at its caps.
-pub fn needed(config: &Config) -> u64 {
+pub(crate) fn needed(config: &Config) -> u64 {
     let metrics = config.metrics.map_or(0, |m| m.max_connections as u64);
     PER_TUNNEL * config.limits.max_connections as u64
         + metrics
@@ -27,28 +27,28 @@ pub fn needed(config: &Config) -> u64 {
 
 /// The process's descriptor limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
+pub(crate) struct Limit {
     /// What the process may open now.
-    pub soft: u64,
+    pub(crate) soft: u64,
     /// What the soft limit may be raised to.
-    pub hard: u64,
+    pub(crate) hard: u64,
 }
 
 /// The limits now.
-pub fn limit() -> io::Result<Limit> {
+pub(crate) fn limit() -> io::Result<Limit> {
     let (soft, hard) = rlimit::Resource::NOFILE.get()?;
     Ok(Limit { soft, hard })
 }
 
 /// Raises the soft limit to the hard one; returns the limits after.
-pub fn raise() -> io::Result<Limit> {
+pub(crate) fn raise() -> io::Result<Limit> {
     let before = limit()?;
     rlimit::increase_nofile_limit(before.hard)?;
     limit()
 }
 
 /// A warning when `config`'s caps need more descriptors than `available`.
-pub fn warning(config: &Config, available: u64) -> Option<String> {
+pub(crate) fn warning(config: &Config, available: u64) -> Option<String> {
     let need = needed(config);
     (need > available).then(|| {
         let fits = available.saturating_sub(needed_without_tunnels(config)) / PER_TUNNEL;

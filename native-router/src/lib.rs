@@ -2,26 +2,48 @@
 //! handshake and dispatches the stream to the backend chosen by ALPN
 //! (PROTOCOL.md sections 2 to 5 and 7).
 //!
-//! - [`config`]: the TOML file, validated at load. The client end is the
-//!   `alpn-tunnel` crate.
-//! - [`upgrade`]: the server's side of the HTTP upgrade handshake (the
-//!   protocol, its framings and the client's side are in `alpn-protocol`).
-//! - [`tls`]: the inner TLS, the route chosen from the ClientHello ([`route`]).
-//! - [`tunnel`]: dialing the backend (with [`proxy_protocol`]) and the pipe,
-//!   whose two directions [`copy`] carries.
-//! - [`server`]: listeners, reload and drain; [`admission`]: the connection
-//!   caps; [`descriptors`]: the file descriptor budget; [`cutoffs`]: refused
-//!   connections logged without letting a client choose the volume; [`metrics`].
+//! The public API:
+//!
+//! - [`Config`]: the TOML file, validated at load ([`Config::load`]); a bad
+//!   file is a [`ConfigError`] naming the key that is wrong.
+//! - [`Router`] serves a configuration (and [`Router::reload`]s a new one);
+//!   [`run`] serves it on bound [`Listeners`] until a shutdown future the
+//!   caller chooses resolves, then drains. Tests bind the listeners on port 0
+//!   and hold the shutdown.
+//! - [`serve`] and [`check`]: what `alpn-router serve` and `alpn-router
+//!   check` do with a configuration file (signals, the descriptor limit, the
+//!   report).
+//! - [`accept_upgrade`]: the server's side of the upgrade handshake, for
+//!   servers that answer upgrades as the router does.
+//!
+//! Inside: `config` (the file), `upgrade` (the server's side of
+//! the HTTP upgrade handshake; the protocol, its framings and the client's
+//! side are in `alpn-protocol`, the client end is the `alpn-tunnel` crate),
+//! `tls` (the inner TLS, the route chosen from the ClientHello by `route`),
+//! `tunnel` (dialing the backend, with `proxy_protocol`, and the pipe, whose
+//! two directions `copy` carries), `server` (listeners, reload and drain),
+//! `commands` (the file, signals and descriptor limit around them),
+//! `admission` (the connection caps), `descriptors` (the file descriptor
+//! budget), `cutoffs` (refused connections logged without letting a client
+//! choose the volume) and `metrics`.
 
-pub mod admission;
-pub mod config;
-pub mod copy;
-pub mod cutoffs;
-pub mod descriptors;
-pub mod metrics;
-pub mod proxy_protocol;
-pub mod route;
-pub mod server;
-pub mod tls;
-pub mod tunnel;
-pub mod upgrade;
+mod admission;
+mod commands;
+mod config;
+mod copy;
+mod cutoffs;
+mod descriptors;
+mod metrics;
+mod proxy_protocol;
+mod route;
+mod server;
+mod tls;
+mod tunnel;
+mod upgrade;
+
+pub use commands::{check, serve, Error};
+pub use config::{
+    BackendTls, CertKey, Config, ConfigError, Limits, MetricsListener, Route, UpgradeListener,
+};
+pub use server::{run, Listeners, Router};
+pub use upgrade::{accept as accept_upgrade, Accepted, UpgradeError};

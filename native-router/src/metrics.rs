@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 /// The content type of [`Metrics::render`].
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the tunnel duration histogram.
 const DURATION_BUCKETS: [f64; 10] = [
@@ -63,15 +63,15 @@ struct BytesLabels {
 
 /// The byte counters of one route, held by its tunnels while they run.
 #[derive(Debug, Clone, Default)]
-pub struct RouteBytes {
+pub(crate) struct RouteBytes {
     /// Bytes from clients to the backend.
-    pub to_backend: Counter,
+    pub(crate) to_backend: Counter,
     /// Bytes from the backend to clients.
-    pub to_client: Counter,
+    pub(crate) to_client: Counter,
 }
 
 /// Every metric of one router process.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     connections: Family<ConnectionLabels, Counter>,
     refusals: Family<StatusLabels, Counter>,
@@ -157,7 +157,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A connection accepted on `listener` and routed (`framing` is `none` on the direct listener).
-    pub fn connection(&self, listener: &'static str, framing: &'static str, route: &str) {
+    pub(crate) fn connection(&self, listener: &'static str, framing: &'static str, route: &str) {
         self.connections
             .get_or_create(&ConnectionLabels {
                 listener,
@@ -168,19 +168,19 @@ impl Metrics {
     }
 
     /// An upgrade refused with `status`.
-    pub fn refusal(&self, status: u16) {
+    pub(crate) fn refusal(&self, status: u16) {
         self.refusals.get_or_create(&StatusLabels { status }).inc();
     }
 
     /// An inner TLS handshake that failed for `reason`.
-    pub fn handshake_failure(&self, listener: &'static str, reason: &'static str) {
+    pub(crate) fn handshake_failure(&self, listener: &'static str, reason: &'static str) {
         self.handshake_failures
             .get_or_create(&ReasonLabels { listener, reason })
             .inc();
     }
 
     /// A backend of `route` that could not be reached.
-    pub fn backend_failure(&self, route: &str) {
+    pub(crate) fn backend_failure(&self, route: &str) {
         self.backend_failures
             .get_or_create(&RouteLabels {
                 route: route.to_string(),
@@ -189,14 +189,14 @@ impl Metrics {
     }
 
     /// A connection on `listener` given no place: `cap_full` or `client_limit`.
-    pub fn turned_away(&self, listener: &'static str, reason: &'static str) {
+    pub(crate) fn turned_away(&self, listener: &'static str, reason: &'static str) {
         self.turned_away
             .get_or_create(&ReasonLabels { listener, reason })
             .inc();
     }
 
     /// A tunnel of `route` started: the byte counters it adds to as bytes pass.
-    pub fn tunnel_opened(&self, route: &str) -> RouteBytes {
+    pub(crate) fn tunnel_opened(&self, route: &str) -> RouteBytes {
         self.tunnels_active.inc();
         let counter = |direction| {
             self.bytes.get_or_create_owned(&BytesLabels {
@@ -211,28 +211,23 @@ impl Metrics {
     }
 
     /// A tunnel ended after `duration` (its bytes are counted already).
-    pub fn tunnel_closed(&self, duration: Duration) {
+    pub(crate) fn tunnel_closed(&self, duration: Duration) {
         self.tunnels_active.dec();
         self.durations.observe(duration.as_secs_f64());
     }
 
     /// A tunnel closed because the drain grace period ended.
-    pub fn closed_at_shutdown(&self) {
+    pub(crate) fn closed_at_shutdown(&self) {
         self.closed_at_shutdown.inc();
     }
 
     /// Tunnels closed so far because the drain grace period ended.
-    pub fn closed_at_shutdown_total(&self) -> u64 {
+    pub(crate) fn closed_at_shutdown_total(&self) -> u64 {
         self.closed_at_shutdown.get()
     }
 
-    /// Tunnels open now.
-    pub fn active(&self) -> i64 {
-        self.tunnels_active.get()
-    }
-
     /// The OpenMetrics text exposition ([`CONTENT_TYPE`]).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

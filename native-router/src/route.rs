@@ -7,7 +7,11 @@ use crate::config::Route;
 /// The route for a ClientHello's `sni` and ALPN list, in the client's order of
 /// preference; `None` when no offered protocol has a route (the handshake then
 /// fails with `no_application_protocol`).
-pub fn choose<'r>(routes: &'r [Route], sni: Option<&str>, alpns: &[&[u8]]) -> Option<&'r Route> {
+pub(crate) fn choose<'r>(
+    routes: &'r [Route],
+    sni: Option<&str>,
+    alpns: &[&[u8]],
+) -> Option<&'r Route> {
     alpns.iter().find_map(|offered| {
         let for_alpn = routes.iter().filter(|r| r.alpn.as_bytes() == *offered);
         let mut generic = None;

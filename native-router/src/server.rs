@@ -42,16 +42,16 @@ use alpn_protocol::framing::{Ending, Finish};
 use alpn_protocol::framing::{Framed, Role};
 
 /// Everything connections need from one configuration load.
-pub struct Generation {
+pub(crate) struct Generation {
     /// The configuration.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Its TLS configurations, built once for every connection it serves.
     tls: tls::Configs,
 }
 
 impl Generation {
     /// Builds the TLS configurations of `config`.
-    pub fn new(config: Config) -> Result<Generation, rustls::Error> {
+    pub(crate) fn new(config: Config) -> Result<Generation, rustls::Error> {
         let tls = tls::Configs::new(&config)?;
         Ok(Generation { config, tls })
     }
@@ -131,7 +131,7 @@ impl Router {
     }
 
     /// The generation new connections use.
-    pub fn generation(&self) -> Arc<Generation> {
+    pub(crate) fn generation(&self) -> Arc<Generation> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -161,18 +161,13 @@ impl Router {
         Ok(())
     }
 
-    /// The metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// Connections being served now.
-    pub fn active_connections(&self) -> usize {
+    pub(crate) fn active_connections(&self) -> usize {
         self.places.active()
     }
 
     /// Why the router is not ready for new connections, if it is not.
-    pub fn not_ready(&self) -> Option<String> {
+    pub(crate) fn not_ready(&self) -> Option<String> {
         if self.draining.load(Ordering::SeqCst) {
             Some("draining".into())
         } else if self.places.full() {
@@ -187,7 +182,7 @@ impl Router {
 }
 
 /// How a route is named in logs and metrics.
-pub fn route_label(route: &Route) -> String {
+pub(crate) fn route_label(route: &Route) -> String {
     match &route.sni {
         Some(sni) => format!("{}@{sni}", route.alpn),
         None => route.alpn.clone(),

@@ -27,13 +27,15 @@ use crate::config::{BackendTls, CertKey, Config, Route};
 use crate::route;
 
 /// The crypto provider (ring: builds with a C compiler alone).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// A root store holding `cas`: every verifier the router builds (of client
 /// certificates, of backends) starts from one.
-pub fn root_store(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, rustls::Error> {
+pub(crate) fn root_store(
+    cas: &[CertificateDer<'static>],
+) -> Result<Arc<RootCertStore>, rustls::Error> {
     let mut roots = RootCertStore::empty();
     for ca in cas {
         roots.add(ca.clone())?;
@@ -45,7 +47,7 @@ pub fn root_store(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>,
 /// the upgrade listener's acceptor and the client configuration towards each
 /// route's backend. A reload builds a new set, so a changed certificate or CA
 /// takes effect for new connections, and no session outlives its generation.
-pub struct Configs {
+pub(crate) struct Configs {
     inner: InnerTls,
     /// By route index; `None` where the backend takes plain TCP.
     backends: Vec<Option<BackendConnector>>,
@@ -64,7 +66,7 @@ impl fmt::Debug for Configs {
 
 impl Configs {
     /// Builds every TLS configuration `config` names.
-    pub fn new(config: &Config) -> Result<Configs, rustls::Error> {
+    pub(crate) fn new(config: &Config) -> Result<Configs, rustls::Error> {
         let provider = provider();
         let backends = config
             .routes
@@ -85,17 +87,17 @@ impl Configs {
     }
 
     /// The inner TLS server configurations.
-    pub fn inner(&self) -> &InnerTls {
+    pub(crate) fn inner(&self) -> &InnerTls {
         &self.inner
     }
 
     /// TLS towards the backend of route `index`, if it wants TLS.
-    pub fn backend(&self, index: usize) -> Option<&BackendConnector> {
+    pub(crate) fn backend(&self, index: usize) -> Option<&BackendConnector> {
         self.backends.get(index).and_then(Option::as_ref)
     }
 
     /// The upgrade listener's acceptor, if it takes TLS.
-    pub fn upgrade(&self) -> Option<&TlsAcceptor> {
+    pub(crate) fn upgrade(&self) -> Option<&TlsAcceptor> {
         self.upgrade.as_ref()
     }
 }
@@ -119,7 +121,7 @@ fn upgrade_acceptor(
 /// TLS towards one route's backend: one client configuration for every dial
 /// (its session cache lets later handshakes resume) and the name to verify.
 #[derive(Clone)]
-pub struct BackendConnector {
+pub(crate) struct BackendConnector {
     connector: TlsConnector,
     name: ServerName<'static>,
 }
@@ -151,7 +153,7 @@ impl BackendConnector {
     }
 
     /// Runs the TLS handshake with the backend on `io`.
-    pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+    pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         io: S,
     ) -> io::Result<tokio_rustls::client::TlsStream<S>> {
@@ -180,7 +182,7 @@ impl ResolvesServerCert for SniCerts {
 }
 
 /// The server configurations, one per route, built once per configuration load.
-pub struct InnerTls {
+pub(crate) struct InnerTls {
     per_route: Vec<Arc<ServerConfig>>,
 }
 
@@ -196,11 +198,6 @@ fn certified(provider: &CryptoProvider, ck: &CertKey) -> Result<Arc<CertifiedKey
 }
 
 impl InnerTls {
-    /// Builds every route's server configuration.
-    pub fn new(config: &Config) -> Result<InnerTls, rustls::Error> {
-        Self::with_provider(&provider(), config)
-    }
-
     fn with_provider(
         provider: &Arc<CryptoProvider>,
         config: &Config,
@@ -246,18 +243,16 @@ fn server_config(
 
 /// What the ClientHello and the handshake established.
 #[derive(Debug, Clone, Default)]
-pub struct Handshake {
+pub(crate) struct Handshake {
     /// The SNI the client sent.
-    pub sni: Option<String>,
-    /// The ALPN protocols the client offered, in its order.
-    pub offered: Vec<String>,
+    pub(crate) sni: Option<String>,
     /// The index of the chosen route.
-    pub route: usize,
+    pub(crate) route: usize,
 }
 
 /// Why the inner handshake failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
+pub(crate) enum HandshakeError {
     /// No offered protocol has a route; `no_application_protocol` was sent.
     #[error("no route for ALPN {offered:?} (SNI {sni:?})")]
     NoRoute {
@@ -281,7 +276,7 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     /// A short label for metrics.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             HandshakeError::NoRoute { .. } => "no_route",
             HandshakeError::Hello(_) => "bad_client_hello",
@@ -301,7 +296,7 @@ impl HandshakeError {
 }
 
 /// Runs the inner handshake on `io` and returns the stream and what was chosen.
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
     tls: &InnerTls,
     routes: &[Route],
@@ -311,14 +306,14 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(HandshakeError::Hello)?;
     let hello = start.client_hello();
     let sni = hello.server_name().map(str::to_string);
-    let offered_raw: Vec<&[u8]> = hello.alpn().map(|it| it.collect()).unwrap_or_default();
-    let offered: Vec<String> = offered_raw
-        .iter()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
-    let chosen = route::choose(routes, sni.as_deref(), &offered_raw)
+    let offered: Vec<&[u8]> = hello.alpn().map(|it| it.collect()).unwrap_or_default();
+    let chosen = route::choose(routes, sni.as_deref(), &offered)
         .and_then(|r| routes.iter().position(|x| std::ptr::eq(x, r)));
     let Some(index) = chosen else {
+        let offered = offered
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
         let mut io = start.io;
         let _ = io.write_all(&NO_APPLICATION_PROTOCOL).await;
         let _ = io.shutdown().await;
@@ -331,27 +326,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             route: routes[index].alpn.clone(),
             error,
         })?;
-    Ok((
-        stream,
-        Handshake {
-            sni,
-            offered,
-            route: index,
-        },
-    ))
+    Ok((stream, Handshake { sni, route: index }))
 }
 
 /// A TLS client configuration trusting `cas`, offering `alpn` (may be empty),
 /// with an optional client certificate. Build it once and share it: its
 /// session cache is what lets later handshakes resume.
-pub fn client_config(
-    cas: &[CertificateDer<'static>],
-    alpn: &[&str],
-    client_cert: Option<&CertKey>,
-) -> Result<Arc<ClientConfig>, rustls::Error> {
-    client_config_with(&provider(), cas, alpn, client_cert)
-}
-
 fn client_config_with(
     provider: &Arc<CryptoProvider>,
     cas: &[CertificateDer<'static>],

@@ -30,11 +30,11 @@ use crate::proxy_protocol;
 use crate::tls::BackendConnector;
 
 /// Any stream a tunnel can carry (the protocol crate's).
-pub use alpn_protocol::framing::Io;
+pub(crate) use alpn_protocol::framing::Io;
 
 /// Why a backend could not be reached.
 #[derive(Debug, thiserror::Error)]
-pub enum DialError {
+pub(crate) enum DialError {
     /// No connection within the deadline.
     #[error("connecting to {backend} timed out after {after:?}")]
     Timeout {
@@ -64,7 +64,7 @@ pub enum DialError {
 /// Connects to `route`'s backend for a client at `client` that reached the
 /// router at `local`, with TLS through `tls` when the route has it (the
 /// generation's connector for the route: built once, so sessions resume).
-pub async fn dial(
+pub(crate) async fn dial(
     route: &Route,
     tls: Option<&BackendConnector>,
     client: SocketAddr,
@@ -110,11 +110,11 @@ pub async fn dial(
 /// How long a closing connection is read and discarded, so that bytes still in
 /// flight from the peer do not make the kernel answer with a reset (which would
 /// destroy data the peer has not read yet, such as a refusal or the end of a tunnel).
-pub const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 /// A lingering close of `socket`: send FIN if not sent, then read and discard
 /// until EOF, at most [`LINGER`] and 1 MiB.
-pub async fn linger(mut socket: TcpStream) {
+pub(crate) async fn linger(mut socket: TcpStream) {
     let _ = socket.shutdown().await;
     let _ = tokio::time::timeout(LINGER, discard_until_end(&mut socket, 1 << 20)).await;
 }
@@ -137,7 +137,7 @@ impl Finish for Lingering {
 /// drops it, wherever that happens (inside TLS, a framing, the pipe). It holds
 /// the connection's place under the cap until the lingering close is over.
 /// One descriptor per connection: no duplicate is kept for the close.
-pub struct Lingering {
+pub(crate) struct Lingering {
     socket: Option<TcpStream>,
     place: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Tracks the lingering close, so that a shutdown waits for it.
@@ -146,7 +146,7 @@ pub struct Lingering {
 
 impl Lingering {
     /// Wraps `socket`, holding `place` until it is closed.
-    pub fn new(socket: TcpStream, place: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn new(socket: TcpStream, place: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
         Lingering {
             socket: Some(socket),
             place,
@@ -155,13 +155,13 @@ impl Lingering {
     }
 
     /// Runs the lingering close as a task of `tracker`.
-    pub fn tracked(mut self, tracker: TaskTracker) -> Self {
+    pub(crate) fn tracked(mut self, tracker: TaskTracker) -> Self {
         self.tracker = Some(tracker);
         self
     }
 
     /// The local address of the connection.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.stream().local_addr()
     }
 
@@ -235,7 +235,7 @@ impl AsyncWrite for Lingering {
 
 /// How a tunnel ended.
 #[derive(Debug)]
-pub enum End {
+pub(crate) enum End {
     /// Both sides finished.
     Closed,
     /// No byte either way for the route's idle timeout.
@@ -250,7 +250,7 @@ pub enum End {
 
 impl End {
     /// What the client is told: a failure is not a clean end.
-    pub fn ending(&self) -> Ending {
+    pub(crate) fn ending(&self) -> Ending {
         match self {
             End::Error(..) => Ending::Failed,
             End::Shutdown => Ending::GoingAway,
@@ -277,7 +277,7 @@ impl fmt::Display for End {
 
 /// The two ends of a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The client (inner TLS).
     Client,
     /// The backend.
@@ -295,29 +295,29 @@ impl fmt::Display for Side {
 
 /// When a tunnel is closed for lack of traffic.
 #[derive(Debug, Clone, Copy)]
-pub struct Quiet {
+pub(crate) struct Quiet {
     /// No byte either way for this long; `None`: never.
-    pub idle: Option<Duration>,
+    pub(crate) idle: Option<Duration>,
     /// One direction ended and no byte came for this long.
-    pub half_closed: Duration,
+    pub(crate) half_closed: Duration,
 }
 
 /// What a tunnel carried and why it ended.
 #[derive(Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Bytes from the client to the backend.
-    pub to_backend: u64,
+    pub(crate) to_backend: u64,
     /// Bytes from the backend to the client.
-    pub to_client: u64,
+    pub(crate) to_client: u64,
     /// Why it ended.
-    pub end: End,
+    pub(crate) end: End,
 }
 
 /// Copies between `client` and `backend` until both directions are done, the
 /// tunnel is quiet for longer than `quiet` allows, an error ends it, or
 /// `closing` is cancelled (the drain grace period is over). The bytes are
 /// added to `bytes` as they pass.
-pub async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     backend: Box<dyn Io>,
     quiet: Quiet,

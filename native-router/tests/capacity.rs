@@ -12,9 +12,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::tls::client_config;
 use alpn_tunnel as client;
-use support::{backend, config, echo, http_get, tunnel, Pki, RouterProcess, DEADLINE};
+use alpn_tunnel::tls::client_config;
+use support::{
+    backend, config, echo, http_get, tunnel, InProcessRouter, Pki, RouterProcess, DEADLINE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -64,7 +66,7 @@ fn raw_upgrade(addr: SocketAddr, client: Option<&str>) -> (String, TcpStream) {
 }
 
 /// Polls `/readyz` until its answer contains `want`.
-fn wait_readyz(router: &RouterProcess, want: &str) -> String {
+fn wait_readyz(router: &InProcessRouter, want: &str) -> String {
     let started = Instant::now();
     loop {
         let got = router.get("/readyz");
@@ -85,7 +87,7 @@ async fn a_full_cap_is_answered_at_once_and_readyz_reports_it() {
     let echo_backend = backend(echo);
     let toml =
         config(&routes(echo_backend.addr)).replace("[limits]\n", "[limits]\nmax_connections = 2\n");
-    let router = RouterProcess::start(pki.dir.path(), &toml);
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
     assert!(router.get("/readyz").starts_with("HTTP/1.1 200"));
     let (first, _) = tunnel(&pki, router.direct, None, &["redis"], None)
         .await
@@ -143,7 +145,7 @@ async fn a_full_cap_is_answered_at_once_and_readyz_reports_it() {
 /// shown to carry bytes.
 async fn direct_from(
     pki: &Pki,
-    router: &RouterProcess,
+    router: &InProcessRouter,
     from: &str,
 ) -> std::io::Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite> {
     let socket = tokio::net::TcpSocket::new_v4()?;
@@ -167,7 +169,7 @@ async fn one_client_address_cannot_take_every_place() {
     let echo_backend = backend(echo);
     let toml = config(&routes(echo_backend.addr))
         .replace("[limits]\n", "[limits]\nmax_connections_per_client = 1\n");
-    let router = RouterProcess::start(pki.dir.path(), &toml);
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
 
     // Direct: the TCP peer is the client.
     let _held = direct_from(&pki, &router, "127.0.0.3").await.unwrap();
@@ -212,7 +214,8 @@ async fn the_metrics_listener_cannot_starve_the_data_path() {
     // The metrics listener's defaults: 16 requests at once, 5 s for each.
     let toml = config(&routes(echo_backend.addr))
         .replace("[limits]\n", "[limits]\nmax_connections = 20\n");
-    // 128 descriptors: 300 scrape connections would take them all.
+    // 128 descriptors: 300 scrape connections would take them all. The
+    // binary, so that the limit is the router's own.
     let router = RouterProcess::start_limited(pki.dir.path(), &toml, Some("-n 128"));
     let metrics = router.metrics;
     let mut attack = tokio::task::spawn_blocking(move || slow_loris(metrics, 300));

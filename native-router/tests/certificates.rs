@@ -7,7 +7,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use alpn_router::config::{Config, ConfigError};
+use alpn_router::{Config, ConfigError};
 use support::{backend, config, echo, router_command, tunnel, Pki, RouterProcess, DEADLINE};
 
 /// The configuration with the default certificate's key swapped for the

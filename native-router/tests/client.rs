@@ -16,13 +16,13 @@ use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
 use support::{
-    backend, config, echo, echo_round_trip, Backend, Logged, Pki, RouterProcess, DEADLINE,
+    backend, config, echo, echo_round_trip, Backend, InProcessRouter, Logged, Pki, DEADLINE,
 };
 
 /// The whole server side, as a user meets it.
 struct Chain {
     pki: Pki,
-    router: RouterProcess,
+    router: InProcessRouter,
     _envoy: Envoy,
     /// Envoy's plain-HTTP listener (what the load balancer forwards to).
     web: std::net::SocketAddr,
@@ -37,7 +37,7 @@ fn chain() -> Chain {
         "[[route]]\nalpn = \"echo\"\nbackend = \"{a}\"\n[[route]]\nalpn = \"pg\"\nbackend = \"{a}\"\nclient_ca = \"clients-ca.pem\"\n",
         a = echo_backend.addr
     );
-    let router = RouterProcess::start(pki.dir.path(), &config(&routes));
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
     let envoy = Envoy::start(
         &Bootstrap::shipped("behind-l7.yaml")
             .port(8080, 0)

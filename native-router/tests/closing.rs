@@ -14,7 +14,7 @@ use alpn_tunnel::{Client, Options, ServerUrl, UpgradeMode};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
-use support::{addr_for, config, name, tunnel, Pki, RouterProcess, DEADLINE, FRAMINGS};
+use support::{addr_for, config, name, tunnel, InProcessRouter, Pki, DEADLINE, FRAMINGS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
@@ -114,7 +114,7 @@ async fn a_slow_reader_of_a_pinged_websocket_tunnel_gets_every_byte() {
     let toml = config(&route_to(backend))
         .replace("ping_interval = \"30s\"", "ping_interval = \"200ms\"")
         .replace("[limits]\n", "[limits]\nclose_timeout = \"90s\"\n");
-    let router = RouterProcess::start(pki.dir.path(), &toml);
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
     // Through nginx, whose buffers hold what the slow reader has not read yet.
     let nginx = LoadBalancer::start(Kind::Nginx, router.upgrade, Duration::from_secs(60));
     let client = client_behind(&pki, &nginx, Framing::WebSocket(Subprotocol::AlpnPing));
@@ -138,7 +138,7 @@ async fn a_client_that_reads_late_still_gets_a_clean_end() {
     let backend = sending_backend(data.clone(), Then::Close).await;
     let toml =
         config(&route_to(backend)).replace("ping_interval = \"30s\"", "ping_interval = \"100ms\"");
-    let mut router = RouterProcess::start(pki.dir.path(), &toml);
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
     // Through nginx: what the client has not read waits in nginx's buffers
     // and sockets, which a reset from the router would throw away.
     let nginx = LoadBalancer::start(Kind::Nginx, router.upgrade, Duration::from_secs(60));
@@ -165,7 +165,7 @@ async fn many_pinged_tunnels_end_without_losing_a_byte() {
     let backend = sending_backend(data.clone(), Then::Close).await;
     let toml =
         config(&route_to(backend)).replace("ping_interval = \"30s\"", "ping_interval = \"5ms\"");
-    let router = RouterProcess::start(pki.dir.path(), &toml);
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
     let pki = std::sync::Arc::new(pki);
     let mut tasks = Vec::new();
     for i in 0..40 {
@@ -204,7 +204,7 @@ async fn a_backend_failure_reaches_the_client_as_a_truncation() {
         "{}[[route]]\nalpn = \"refused\"\nbackend = \"{refusing}\"\n",
         route_to(resetting)
     );
-    let mut router = RouterProcess::start(pki.dir.path(), &config(&routes));
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
     for alpn in ["bulk", "refused"] {
         for f in FRAMINGS {
             let (mut s, _) = tunnel(&pki, addr_for(&router, f), f, &[alpn], None)
@@ -250,7 +250,7 @@ async fn a_quiet_half_closed_tunnel_is_closed() {
     let backend = sending_backend(b"banner".to_vec(), Then::HalfCloseAndWait).await;
     let toml = config(&route_to(backend))
         .replace("[limits]\n", "[limits]\nhalf_closed_timeout = \"1s\"\n");
-    let mut router = RouterProcess::start(pki.dir.path(), &toml);
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
     let (mut s, _) = tunnel(&pki, router.direct, None, &["bulk"], None)
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alpn_router::config::{Config, ConfigError};
+use alpn_router::{Config, ConfigError};
 
 /// A directory with a server certificate, a CA, and `router.toml` holding `toml`.
 fn write(dir: &Path, toml: &str) -> PathBuf {
@@ -249,7 +249,7 @@ fn the_shipped_example_is_valid() {
     assert_eq!(config.routes.len(), 2);
     assert_eq!(
         config.limits,
-        alpn_router::config::Limits::default(),
+        alpn_router::Limits::default(),
         "the example shows the defaults"
     );
     assert_eq!(
@@ -317,7 +317,7 @@ fn values_are_read_with_their_types() {
     );
     assert_eq!(
         config.limits,
-        alpn_router::config::Limits {
+        alpn_router::Limits {
             connect_timeout: Duration::from_millis(250),
             ..Default::default()
         },

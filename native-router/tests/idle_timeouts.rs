@@ -10,13 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alpn_protocol::framing::{Framed, Framing, Role, Subprotocol};
-use alpn_router::tunnel::Io;
-use alpn_router::upgrade;
+use alpn_protocol::framing::{Framed, Framing, Io, Role, Subprotocol};
+use alpn_protocol::websocket::accept_key;
 use alpn_tunnel::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
-use support::{backend, config, echo, router_server_config, Pki, RouterProcess, DEADLINE};
+use support::{backend, config, echo, router_server_config, InProcessRouter, Pki, DEADLINE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -35,7 +34,7 @@ const WEBSOCKET_PING: Framing = Framing::WebSocket(Subprotocol::AlpnPing);
 /// How a never-pinging test server answers a WebSocket upgrade.
 #[derive(Clone, Copy)]
 enum Answer {
-    /// As the router does (`upgrade::accept`): the first offered subprotocol it allows.
+    /// As the router does ([`alpn_router::accept_upgrade`]): the first offered subprotocol it allows.
     Router,
     /// Always subprotocol `alpn`, as a server whose filter allows only that one.
     PlainAlpn,
@@ -54,9 +53,11 @@ async fn never_pinging_server(pki: &Pki, answer: Answer) -> SocketAddr {
             tokio::spawn(async move {
                 let (framing, leftover) = match answer {
                     Answer::Router => {
-                        let Ok(accepted) =
-                            upgrade::accept(&mut tcp, &alpn_protocol::names::Names::default())
-                                .await
+                        let Ok(accepted) = alpn_router::accept_upgrade(
+                            &mut tcp,
+                            &alpn_protocol::names::Names::default(),
+                        )
+                        .await
                         else {
                             return;
                         };
@@ -112,7 +113,7 @@ async fn answer_websocket_alpn<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> 
     })?;
     let answer = format!(
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: alpn\r\n\r\n",
-        upgrade::accept_key(&key)
+        accept_key(&key)
     );
     s.write_all(answer.as_bytes()).await.ok()?;
     Some(head[end..].to_vec())
@@ -192,7 +193,7 @@ async fn quiet_tunnels_survive_idle_timeouts_in_every_pinging_mode() {
         "[[route]]\nalpn = \"echo\"\nbackend = \"{}\"\n",
         echo_backend.addr
     );
-    let router = RouterProcess::start(pki.dir.path(), &config(&routes));
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
     let envoy = Envoy::start(
         &Bootstrap::shipped("behind-l7.yaml")
             .port(8080, 0)

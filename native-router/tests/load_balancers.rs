@@ -20,8 +20,8 @@ use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::{payload, stubs};
 use sha1::{Digest, Sha1};
 use support::{
-    backend, config, echo_round_trip, proxy_then_echo, proxy_v2, Backend, Logged, Pki,
-    RouterProcess, DEADLINE,
+    backend, config, echo_round_trip, proxy_then_echo, proxy_v2, Backend, InProcessRouter, Logged,
+    Pki, DEADLINE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -36,7 +36,7 @@ struct Setup {
     lb: LoadBalancer,
     web: stubs::Stub,
     echo: Backend,
-    _router: RouterProcess,
+    _router: InProcessRouter,
     _envoy: Envoy,
     _pg: Postgres,
     _redis: Redis,
@@ -54,7 +54,7 @@ fn setup(kind: Kind) -> Setup {
         pg.addr, redis.addr, echo.addr
     );
     // Pings well inside the load balancer's idle timeout.
-    let router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config(&routes).replace("ping_interval = \"30s\"", "ping_interval = \"1s\""),
     );

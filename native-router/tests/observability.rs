@@ -11,11 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::tls::client_config;
 use alpn_tunnel as client;
+use alpn_tunnel::tls::client_config;
 use serde_json::Value;
 use support::{
-    backend, config, echo, router_command, tunnel, Logged, Pki, RouterProcess, DEADLINE,
+    backend, config, echo, router_command, tunnel, InProcessRouter, Logged, Pki, RouterProcess,
+    DEADLINE,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -95,7 +96,7 @@ async fn json_logs_carry_each_connections_facts_as_fields() {
 async fn a_running_tunnels_bytes_show_on_metrics_before_it_ends() {
     let pki = Pki::new();
     let a = backend(echo);
-    let mut router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config(&format!(
             "[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\n",
@@ -195,6 +196,7 @@ async fn tunnels_open_at_the_end_of_the_drain_are_closed_cleanly_and_counted() {
         a.addr
     ))
     .replace("drain_grace = \"10s\"", "drain_grace = \"1s\"");
+    // The binary: the drain begins at SIGTERM and ends with a clean exit.
     let mut router = RouterProcess::start(pki.dir.path(), &toml);
     // Direct TLS and alpn-ping, and a WebSocket tunnel whose raw bytes are kept.
     let (mut direct, _) = tunnel(&pki, router.direct, None, &["redis"], None)

@@ -1,4 +1,6 @@
-//! The router end to end: the real binary, real sockets, rcgen certificates.
+//! The router end to end: real sockets, rcgen certificates; the library in
+//! this process, and the real binary for reload, SIGTERM, `check` and its
+//! descriptors.
 
 mod support;
 
@@ -8,13 +10,13 @@ use std::net::TcpStream;
 use std::sync::Mutex;
 
 use alpn_protocol::framing::{Framed, Framing, Role, Subprotocol};
-use alpn_router::tls::client_config;
 use alpn_tunnel as client;
+use alpn_tunnel::tls::client_config;
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
 use support::{
-    addr_for, backend, config, echo, echo_round_trip, name, proxy_then_echo, proxy_v2, tunnel, Pki,
-    RouterProcess, DEADLINE, FRAMINGS,
+    addr_for, backend, config, echo, echo_round_trip, name, proxy_then_echo, proxy_v2, tunnel,
+    InProcessRouter, Pki, RouterProcess, DEADLINE, FRAMINGS,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -27,7 +29,7 @@ fn digest(bytes: &[u8]) -> Vec<u8> {
 async fn each_framing_carries_a_large_payload_both_ways() {
     let pki = Pki::new();
     let echo_backend = backend(echo);
-    let router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config(&format!(
             "[[route]]\nalpn = \"echo\"\nbackend = \"{}\"\n",
@@ -81,7 +83,7 @@ async fn half_close_propagates_both_ways() {
     let pki = Pki::new();
     let counter = backend(count_then_answer);
     let banner = backend(banner_then_listen);
-    let router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config(&format!(
             "[[route]]\nalpn = \"count\"\nbackend = \"{}\"\n[[route]]\nalpn = \"banner\"\nbackend = \"{}\"\n",
@@ -131,7 +133,7 @@ async fn half_close_propagates_both_ways() {
 async fn the_clients_first_routed_alpn_wins_and_unknown_alpns_get_the_alert() {
     let pki = Pki::new();
     let (a, b) = (backend(echo), backend(echo));
-    let mut router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config(&format!("[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\n[[route]]\nalpn = \"postgresql\"\nbackend = \"{}\"\n", a.addr, b.addr)),
     );
@@ -177,8 +179,8 @@ async fn the_clients_first_routed_alpn_wins_and_unknown_alpns_get_the_alert() {
 /// Writes, then reads: TLS 1.3 clients learn of a refused certificate on their first read.
 async fn round_trip(
     pki: &Pki,
-    router: &RouterProcess,
-    cert: Option<&alpn_router::config::CertKey>,
+    router: &InProcessRouter,
+    cert: Option<&alpn_tunnel::pem::CertKey>,
 ) -> std::io::Result<Vec<u8>> {
     let (mut s, _) = tunnel(pki, router.direct, None, &["postgresql"], cert).await?;
     s.write_all(b"ping").await?;
@@ -193,7 +195,7 @@ async fn round_trip(
 async fn client_certificates_required_refused_and_accepted() {
     let pki = Pki::new();
     let db = backend(echo);
-    let router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config(&format!(
             "[[route]]\nalpn = \"postgresql\"\nbackend = \"{}\"\nclient_ca = \"clients-ca.pem\"\n",
@@ -225,7 +227,7 @@ async fn client_certificates_required_refused_and_accepted() {
 }
 
 /// An upgrade as Envoy sends it: with the client address header.
-async fn upgrade_as_envoy(pki: &Pki, router: &RouterProcess, client_addr: &str) {
+async fn upgrade_as_envoy(pki: &Pki, router: &InProcessRouter, client_addr: &str) {
     let mut tcp = tokio::net::TcpStream::connect(router.upgrade)
         .await
         .unwrap();
@@ -265,7 +267,7 @@ async fn the_backend_gets_the_real_client_address_in_proxy_v2() {
         "[[route]]\nalpn = \"pg\"\nbackend = \"{}\"\nproxy_protocol = true\n",
         db.addr
     );
-    let router = RouterProcess::start(pki.dir.path(), &config(&routes));
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
     upgrade_as_envoy(&pki, &router, "203.0.113.9").await;
     let (_, _) = tunnel(&pki, router.direct, None, &["pg"], None)
         .await
@@ -290,7 +292,7 @@ async fn the_backend_gets_the_real_client_address_in_proxy_v2() {
     );
 
     // From a peer that is not trusted, the header is ignored.
-    let untrusted = RouterProcess::start(
+    let untrusted = InProcessRouter::start(
         pki.dir.path(),
         &config(&routes).replace("trusted_peers = [\"127.0.0.1/32\"]", "trusted_peers = []"),
     );
@@ -311,7 +313,7 @@ async fn a_dead_backend_closes_the_client_promptly_and_logs_the_route() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = closed.local_addr().unwrap();
     drop(closed);
-    let mut router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config(&format!("[[route]]\nalpn = \"pg\"\nbackend = \"{dead}\"\n")),
     );
@@ -346,7 +348,7 @@ async fn a_dead_backend_closes_the_client_promptly_and_logs_the_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_or_oversized_upgrade_headers_are_cut_off() {
     let pki = Pki::new();
-    let mut router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config("[[route]]\nalpn = \"x\"\nbackend = \"127.0.0.1:9\"\n"),
     );
@@ -376,7 +378,7 @@ async fn slow_or_oversized_upgrade_headers_are_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_close_the_tunnel_cleanly() {
     let pki = Pki::new();
-    let mut router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config("[[route]]\nalpn = \"x\"\nbackend = \"127.0.0.1:9\"\n"),
     );
@@ -606,7 +608,7 @@ fn check_validates_without_serving() {
 async fn an_idle_tunnel_is_closed_after_the_routes_idle_timeout() {
     let pki = Pki::new();
     let a = backend(echo);
-    let mut router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config(&format!(
             "[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\nidle_timeout = \"1s\"\n",
@@ -641,7 +643,8 @@ fn descriptors(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_holds_two_descriptors_in_the_router_and_none_once_closed() {
     // Descriptors bound how many tunnels one router holds (20,000 per process
-    // is common): a client and a backend connection each, nothing more.
+    // is common): a client and a backend connection each, nothing more. The
+    // binary, so that /proc counts the router's descriptors alone.
     let pki = Pki::new();
     let echo_backend = backend(echo);
     let router = RouterProcess::start(
@@ -683,7 +686,7 @@ async fn a_tunnel_holds_two_descriptors_in_the_router_and_none_once_closed() {
 async fn refusals_are_summarised_rather_than_logged_one_by_one() {
     let pki = Pki::new();
     let a = backend(echo);
-    let mut router = RouterProcess::start(
+    let router = InProcessRouter::start(
         pki.dir.path(),
         &config(&format!(
             "[[route]]\nalpn = \"redis\"\nbackend = \"{}\"\n",

@@ -10,10 +10,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::tls::client_config;
 use alpn_tunnel as client;
+use alpn_tunnel::tls::client_config;
 use integration_tests::envoy::{Bootstrap, Envoy};
-use support::{backend, config, proxy_then_echo, proxy_v2, Backend, Pki, RouterProcess, DEADLINE};
+use support::{
+    backend, config, proxy_then_echo, proxy_v2, Backend, InProcessRouter, Pki, DEADLINE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -65,7 +67,7 @@ async fn tunnel_and_echo(mut tcp: TcpStream, framing: Framing, xff: &str, pki: &
 struct Chain {
     pki: Pki,
     db: Backend,
-    _router: RouterProcess,
+    _router: InProcessRouter,
     envoy: Envoy,
 }
 
@@ -73,7 +75,7 @@ impl Chain {
     fn start() -> Chain {
         let pki = Pki::new();
         let db = backend(proxy_then_echo);
-        let router = RouterProcess::start(
+        let router = InProcessRouter::start(
             pki.dir.path(),
             &config(&format!(
                 "[[route]]\nalpn = \"postgresql\"\nbackend = \"{}\"\nproxy_protocol = true\n",

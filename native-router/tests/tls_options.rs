@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alpn_protocol::framing::Framing;
-use alpn_router::tls::{client_config, provider, root_store};
 use alpn_tunnel as client;
+use alpn_tunnel::tls::{client_config, provider, root_store};
 use integration_tests::tls::ca;
 use rustls::pki_types::ServerName;
 use support::{
-    backend, config, echo, other_cert, tls_echo_backend, tunnel, Backend, Pki, RouterProcess,
-    DEADLINE,
+    backend, config, echo, other_cert, tls_echo_backend, tunnel, Backend, InProcessRouter, Pki,
+    RouterProcess, DEADLINE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -40,7 +40,7 @@ async fn tls_to_the_backend_is_verified_with_the_routes_ca_and_sni() {
          [[route]]\nalpn = \"wrong-name\"\nbackend = \"{a}\"\nbackend_tls = {{ ca = \"backend-ca.pem\", sni = \"elsewhere.test\" }}\n",
         a = secure.addr
     );
-    let mut router = RouterProcess::start(pki.dir.path(), &config(&routes));
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
     let (mut s, _) = tunnel(&pki, router.direct, None, &["good"], None)
         .await
         .unwrap();
@@ -77,6 +77,7 @@ async fn backend_tls_sessions_resume_across_dials_and_a_reload_takes_a_new_ca() 
         secure.addr
     );
     let toml = config(&routes);
+    // The binary: the new CA comes with a reload (SIGHUP).
     let mut router = RouterProcess::start(pki.dir.path(), &toml);
     for _ in 0..2 {
         let (mut s, _) = tunnel(&pki, router.direct, None, &["good"], None)
@@ -121,7 +122,7 @@ async fn the_upgrade_listener_can_take_tls_from_envoy() {
         "ping_interval = \"30s\"\n",
         "ping_interval = \"30s\"\ntls = { cert = \"server.pem\", key = \"server.key\" }\n",
     );
-    let router = RouterProcess::start(pki.dir.path(), &toml);
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
     // The outer TLS, as Envoy's upstream TLS would do it, then the upgrade, then the inner TLS.
     let outer = client_config(std::slice::from_ref(&pki.server_ca), &["http/1.1"], None).unwrap();
     let tcp = tokio::net::TcpStream::connect(router.upgrade)
@@ -161,7 +162,7 @@ async fn server_certificates_per_sni_and_tls_1_2() {
         "key = \"server.key\"\n",
         "key = \"server.key\"\nsni = [{ name = \"other.test\", cert = \"other.pem\", key = \"other.key\" }]\n",
     );
-    let router = RouterProcess::start(pki.dir.path(), &toml);
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
 
     // other.test is served with its own certificate, which only its CA verifies.
     let config = client_config(&[other_ca], &["redis"], None).unwrap();

@@ -1,6 +1,8 @@
 //! Harness for the router's end-to-end tests: a PKI made with rcgen at test time,
-//! the real `alpn-router` binary on port-0 listeners (addresses read from its log),
-//! backends on loopback, and a client that tunnels through any framing.
+//! the router in this process (the library's `run` on listeners the test binds
+//! on port 0, its log captured) or the real `alpn-router` binary (for signals,
+//! reload, `check` and process limits; addresses read from its log), backends on
+//! loopback, and a client that tunnels through any framing.
 
 #![allow(dead_code)]
 
@@ -14,15 +16,16 @@ pub use integration_tests::process::Logged;
 use std::thread;
 use std::time::Duration;
 
-use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_router::config::CertKey;
-use alpn_router::tls::client_config;
-use alpn_router::tunnel::Io;
+use alpn_protocol::framing::{Framing, Io, Subprotocol};
+use alpn_router::{Config, Listeners, Router};
 use alpn_tunnel as client;
+use alpn_tunnel::pem::CertKey;
+use alpn_tunnel::tls::client_config;
 use integration_tests::tls::{self, ca};
 use rcgen::{CertifiedIssuer, KeyPair};
 use rustls::pki_types::CertificateDer;
-use tokio::net::TcpStream as AsyncTcp;
+use tokio::net::{TcpListener as AsyncListener, TcpStream as AsyncTcp};
+use tokio::sync::oneshot;
 
 pub use integration_tests::process::DEADLINE;
 
@@ -40,12 +43,20 @@ pub fn name(f: Option<Framing>) -> &'static str {
     f.map_or("direct", Framing::name)
 }
 
+/// Where a router listens, in this process or as the binary.
+pub trait Listening {
+    /// The upgrade listener.
+    fn upgrade(&self) -> SocketAddr;
+    /// The direct TLS listener.
+    fn direct(&self) -> SocketAddr;
+}
+
 /// The listener for a way of reaching the router.
-pub fn addr_for(router: &RouterProcess, f: Option<Framing>) -> SocketAddr {
+pub fn addr_for(router: &impl Listening, f: Option<Framing>) -> SocketAddr {
     if f.is_some() {
-        router.upgrade
+        router.upgrade()
     } else {
-        router.direct
+        router.direct()
     }
 }
 
@@ -141,7 +152,175 @@ key = "server.key"
     )
 }
 
-/// The `alpn-router` binary serving a configuration.
+/// The router library serving a configuration in this process, as the binary
+/// would (the same text log at debug level), minus signals and process limits:
+/// the test binds the listeners on 127.0.0.1:0 and holds the shutdown that is
+/// handed to [`alpn_router::run`]. The router runs on a thread of its own, so
+/// its log is its own and blocking test code cannot stall it. Dropping it
+/// shuts the router down (it drains as at SIGTERM) and waits for `run` to
+/// return.
+pub struct InProcessRouter {
+    /// The upgrade listener.
+    pub upgrade: SocketAddr,
+    /// The direct TLS listener.
+    pub direct: SocketAddr,
+    /// The metrics listener.
+    pub metrics: SocketAddr,
+    log: Log,
+    /// Sending on it, or dropping it, is the router's shutdown.
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl InProcessRouter {
+    /// Writes `toml` as `router.toml` into `dir` (paths in it are relative to
+    /// it) and serves it on fresh port-0 listeners for each listener it names.
+    pub fn start(dir: &Path, toml: &str) -> InProcessRouter {
+        let file = dir.join("router.toml");
+        std::fs::write(&file, toml).unwrap();
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let bind = |named: bool, what: &str| {
+            assert!(named, "the configuration has no {what} listener");
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        };
+        let upgrade = bind(config.upgrade.is_some(), "upgrade");
+        let direct = bind(config.direct.is_some(), "direct");
+        let metrics = bind(config.metrics.is_some(), "metrics");
+        let addresses = (
+            upgrade.local_addr().unwrap(),
+            direct.local_addr().unwrap(),
+            metrics.local_addr().unwrap(),
+        );
+        let router = Router::new(config).unwrap();
+        let log = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(log.clone())
+            .finish();
+        // The binary bridges the `log` crate's lines (the framings) too.
+        let _ = tracing_log::LogTracer::init();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("router".into())
+            .spawn(move || {
+                // Every task of a current-thread runtime runs here: the
+                // router's lines, and only they, reach this subscriber.
+                let _logging = tracing::subscriber::set_default(subscriber);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listeners = Listeners {
+                        upgrade: Some(AsyncListener::from_std(upgrade).unwrap()),
+                        direct: Some(AsyncListener::from_std(direct).unwrap()),
+                        metrics: Some(AsyncListener::from_std(metrics).unwrap()),
+                    };
+                    alpn_router::run(router, listeners, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                });
+            })
+            .unwrap();
+        InProcessRouter {
+            upgrade: addresses.0,
+            direct: addresses.1,
+            metrics: addresses.2,
+            log,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Everything the router logged so far.
+    pub fn log(&self) -> String {
+        self.log.text()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                !self.thread.as_ref().is_some_and(|t| t.is_finished()),
+                "the router stopped before logging {needle:?}:\n{}",
+                self.log()
+            );
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no log line {needle:?} within {DEADLINE:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A GET on the metrics listener.
+    pub fn get(&self, path: &str) -> String {
+        http_get(self.metrics, path).unwrap()
+    }
+}
+
+impl Listening for InProcessRouter {
+    fn upgrade(&self) -> SocketAddr {
+        self.upgrade
+    }
+
+    fn direct(&self) -> SocketAddr {
+        self.direct
+    }
+}
+
+impl Drop for InProcessRouter {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let ended = thread.join();
+            if ended.is_err() && !thread::panicking() {
+                panic!("the router panicked:\n{}", self.log());
+            }
+        }
+    }
+}
+
+/// A log written by `tracing_subscriber::fmt`, kept in memory.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
+}
+
+/// The `alpn-router` binary serving a configuration: for what needs a process
+/// (signals, reload, `check`, descriptor limits, the binary's own logging).
 pub struct RouterProcess {
     process: Logged,
     config: PathBuf,
@@ -214,6 +393,16 @@ impl RouterProcess {
     /// A GET on the metrics listener.
     pub fn get(&self, path: &str) -> String {
         http_get(self.metrics, path).unwrap()
+    }
+}
+
+impl Listening for RouterProcess {
+    fn upgrade(&self) -> SocketAddr {
+        self.upgrade
+    }
+
+    fn direct(&self) -> SocketAddr {
+        self.direct
     }
 }
 
@@ -359,9 +548,8 @@ pub async fn tunnel(
 /// `router.test` certificate), offering only `alpn`: for test servers that
 /// stand in for the router.
 pub fn router_server_config(pki: &Pki, alpn: &str) -> rustls::ServerConfig {
-    let ck = alpn_router::config::read_cert_key(&pki.path("server.pem"), &pki.path("server.key"))
-        .unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(alpn_router::tls::provider())
+    let ck = client::pem::read_cert_key(&pki.path("server.pem"), &pki.path("server.key")).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(client::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
@@ -380,7 +568,7 @@ pub fn tls_echo_backend(dir: &Path) -> Backend {
     std::fs::write(dir.join("backend-ca.pem"), ca.pem()).unwrap();
     let (_, _, ck) = leaf(&["backend.test"], "backend.test", &ca);
     let config = Arc::new(
-        ServerConfig::builder_with_provider(alpn_router::tls::provider())
+        ServerConfig::builder_with_provider(client::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
