@@ -285,6 +285,9 @@ fn probe_shows_the_proxy_as_its_own_step() {
     ] {
         assert!(out.contains(&step), "{step:?} missing from:\n{out}");
     }
+    // Every later step (detection, outer TLS, upgrades, inner TLS) went through it too.
+    let connects = proxy.connects_to(&c.nginx.addr.to_string());
+    assert!(connects >= 4, "{connects} CONNECTs:\n{}", proxy.log());
 }
 
 #[test]
@@ -441,4 +444,24 @@ fn a_dead_proxy_is_named_as_the_proxy() {
         !ok && err.contains("https_proxy: proxy scheme \"socks5\" is not supported"),
         "{err}"
     );
+}
+
+#[test]
+fn a_proxy_that_never_answers_connect_meets_the_deadline() {
+    let c = chain();
+    // Accepts the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let holder = std::thread::spawn(move || silent.accept().map(|(conn, _)| conn));
+    let mut cmd = c.cli("connect", &c.lb());
+    cmd.args(["--proxy", &format!("http://{addr}")]);
+    let (ok, _, err) = connect(cmd, b"x");
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "the answer to CONNECT to the proxy http://{addr} (from --proxy) did not finish within 5s"
+        )),
+        "{err}"
+    );
+    drop(holder.join());
 }
