@@ -114,8 +114,8 @@ struct Common {
     proxy: Option<String>,
     /// USER:PASSWORD for the proxy's Basic authentication (instead of the
     /// proxy URL's user info).
-    #[arg(long, env = "ALPN_TUNNEL_PROXY_AUTH", hide_env_values = true, value_parser = Credentials::parse)]
-    proxy_auth: Option<Credentials>,
+    #[arg(long, env = "ALPN_TUNNEL_PROXY_AUTH", hide_env_values = true)]
+    proxy_auth: Option<String>,
     /// Deadline for each network step (connect, each TLS handshake, the upgrade answer).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -137,7 +137,12 @@ impl Common {
         let proxy = proxy::choose(
             &server,
             self.proxy.as_deref(),
-            self.proxy_auth.clone(),
+            // Parsed here rather than by clap, whose errors would show the value.
+            self.proxy_auth
+                .as_deref()
+                .map(Credentials::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--proxy-auth: {e}"))?,
             |name| std::env::var(name).ok(),
         )
         .map_err(anyhow::Error::msg)?;

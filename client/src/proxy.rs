@@ -443,7 +443,8 @@ fn percent_decode(s: &str) -> Result<String, String> {
             let hex = s
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad %-escape in the proxy's user info at {:?}", &s[i..]))?;
+                // Not shown: the user info holds the password.
+                .ok_or("bad %-escape in the proxy's user info")?;
             out.push(hex);
             i += 3;
         } else {
