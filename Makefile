@@ -57,6 +57,8 @@ services:
 	@ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || $(call apt_install,libnginx-mod-stream)
 	@$(call apt_need,nginx,nginx-light)
 	@$(call apt_need,haproxy,haproxy)
+	@# The forward proxy of the client's proxy tests (the binary, without the service).
+	@$(call apt_need,tinyproxy,tinyproxy-bin)
 	@$(call apt_need,redis-server,redis-server redis-tools)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(call apt_install,postgresql)
 

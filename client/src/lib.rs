@@ -8,6 +8,7 @@ mod forward;
 pub mod handshake;
 pub mod pem;
 pub mod probe;
+pub mod proxy;
 pub mod server_url;
 pub mod tls;
 
@@ -31,6 +32,7 @@ use alpn_protocol::names::Names;
 pub use detect::Path;
 pub use forward::forward;
 pub use handshake::{inner_tls, upgrade};
+pub use proxy::{Proxy, ProxyError};
 pub use server_url::ServerUrl;
 
 /// How to reach the router: detect, or as the user says.
@@ -115,6 +117,9 @@ pub struct Options {
     pub timeouts: Timeouts,
     /// The local address to connect from; default: the system's choice.
     pub bind: Option<std::net::IpAddr>,
+    /// The HTTP proxy the outer connection goes through, with `CONNECT`; the
+    /// binary chooses it with [`proxy::choose`]. Default: none.
+    pub proxy: Option<Proxy>,
 }
 
 impl Default for Options {
@@ -129,6 +134,7 @@ impl Default for Options {
             ping_interval: Duration::from_secs(30),
             timeouts: Timeouts::default(),
             bind: None,
+            proxy: None,
         }
     }
 }
@@ -187,6 +193,10 @@ pub enum ClientError {
         /// Why.
         error: io::Error,
     },
+    /// The way through the HTTP proxy failed: the proxy's own error (boxed:
+    /// it carries the proxy).
+    #[error(transparent)]
+    Proxy(Box<ProxyError>),
     /// Detection met a failure that says nothing about load balancers.
     #[error("detecting whether a load balancer is in the way failed: {0}")]
     Detect(String),
@@ -202,6 +212,12 @@ pub enum ClientError {
         /// The ALPN asked for.
         alpn: String,
     },
+}
+
+impl From<ProxyError> for ClientError {
+    fn from(e: ProxyError) -> ClientError {
+        ClientError::Proxy(Box::new(e))
+    }
 }
 
 fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
@@ -456,13 +472,21 @@ impl Client {
         after: Duration,
         work: impl Future<Output = Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
-        timeout(after, work).await.unwrap_or_else(|_| {
-            Err(ClientError::Timeout {
-                step,
-                addr: self.server.authority(),
-                after,
-            })
-        })
+        self.deadline_at(step, self.server.authority(), after, work)
+            .await
+    }
+
+    /// [`Client::deadline`] for a step with another peer than the server (the proxy).
+    pub(crate) async fn deadline_at<T>(
+        &self,
+        step: &'static str,
+        addr: String,
+        after: Duration,
+        work: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        timeout(after, work)
+            .await
+            .unwrap_or_else(|_| Err(ClientError::Timeout { step, addr, after }))
     }
 
     /// The connect pipeline, the one way a tunnel is opened (and the probe's
@@ -480,39 +504,86 @@ impl Client {
         Ok((self.inner(carrier, in_use).await?, in_use))
     }
 
-    /// TCP to the server, from `options.bind` if set.
+    /// The proxy the outer connection goes through, if any.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.options.proxy.as_ref()
+    }
+
+    /// A TCP stream to the server: directly, or through the proxy's `CONNECT`.
     pub(crate) async fn tcp(&self) -> Result<TcpStream, ClientError> {
-        let addr = self.server.authority();
-        let connect = async {
-            let Some(local) = self.options.bind else {
-                return TcpStream::connect(&addr).await;
-            };
-            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address of that family");
-            for remote in tokio::net::lookup_host(&addr)
-                .await?
-                .filter(|r| r.is_ipv4() == local.is_ipv4())
-            {
-                let socket = if local.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                socket.bind(std::net::SocketAddr::new(local, 0))?;
-                match socket.connect(remote).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
+        let Some(proxy) = self.proxy() else {
+            let addr = self.server.authority();
+            return self
+                .deadline("TCP connect", self.options.timeouts.connect, async {
+                    self.dial(&addr)
+                        .await
+                        .map_err(|error| ClientError::Connect { addr, error })
+                })
+                .await;
         };
-        let tcp = self
-            .deadline("TCP connect", self.options.timeouts.connect, async {
-                connect.await.map_err(|error| ClientError::Connect {
-                    addr: addr.clone(),
+        let mut tcp = self.proxy_tcp(proxy).await?;
+        self.proxy_connect(&mut tcp, proxy).await?;
+        Ok(tcp)
+    }
+
+    /// TCP to the proxy.
+    pub(crate) async fn proxy_tcp(&self, proxy: &Proxy) -> Result<TcpStream, ClientError> {
+        let after = self.options.timeouts.connect;
+        let at = format!("the proxy {proxy}");
+        self.deadline_at("TCP connect", at, after, async {
+            self.dial(&proxy.url.authority()).await.map_err(|error| {
+                ClientError::from(ProxyError::Connect {
+                    proxy: proxy.clone(),
                     error,
                 })
             })
-            .await?;
+        })
+        .await
+    }
+
+    /// Asks the proxy on `tcp` for a tunnel to the server; the proxy's status line.
+    pub(crate) async fn proxy_connect(
+        &self,
+        tcp: &mut TcpStream,
+        proxy: &Proxy,
+    ) -> Result<String, ClientError> {
+        let target = self.server.authority();
+        let after = self.options.timeouts.connect;
+        let at = format!("the proxy {proxy}");
+        self.deadline_at("the answer to CONNECT", at, after, async {
+            Ok(proxy::connect(tcp, proxy, &target).await?)
+        })
+        .await
+    }
+
+    /// TCP to `addr`, from `options.bind` if set.
+    async fn dial(&self, addr: &str) -> io::Result<TcpStream> {
+        let tcp = match self.options.bind {
+            None => TcpStream::connect(addr).await?,
+            Some(local) => {
+                let mut last = io::Error::new(io::ErrorKind::NotFound, "no address of that family");
+                let mut connected = None;
+                for remote in tokio::net::lookup_host(addr)
+                    .await?
+                    .filter(|r| r.is_ipv4() == local.is_ipv4())
+                {
+                    let socket = if local.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(std::net::SocketAddr::new(local, 0))?;
+                    match socket.connect(remote).await {
+                        Ok(s) => {
+                            connected = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                connected.ok_or(last)?
+            }
+        };
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }

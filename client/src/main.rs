@@ -8,6 +8,7 @@ use std::time::Duration;
 use alpn_protocol::names::Names;
 use alpn_protocol::names_config::{NamesConfig, SubprotocolTokens, TypeTokens};
 use alpn_tunnel::pem::{read_cert_key, read_certs};
+use alpn_tunnel::proxy::{self, Credentials};
 use alpn_tunnel::{explain, probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
@@ -21,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Whether a load balancer is in the way is detected once per server (a TLS
 /// handshake offering only the service's ALPN); --upgrade or ALPN_TUNNEL_UPGRADE
-/// override it. Run `alpn-tunnel probe` first when something does not connect.
+/// override it. An HTTP proxy (--proxy, or HTTPS_PROXY and the like, as curl
+/// reads them) carries the outer connection with CONNECT. Run `alpn-tunnel
+/// probe` first when something does not connect.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -103,6 +106,18 @@ struct Common {
     /// The local address to connect from (on hosts with several addresses).
     #[arg(long)]
     bind: Option<std::net::IpAddr>,
+    /// The HTTP proxy for the outer connection: http://[USER:PASSWORD@]HOST[:PORT]
+    /// (port 1080 by default, as in curl), reached with CONNECT; `none` turns
+    /// proxies off. Default, as curl: https_proxy, HTTPS_PROXY (for an http://
+    /// server only http_proxy), then all_proxy, ALL_PROXY. no_proxy / NO_PROXY
+    /// (hosts, domain suffixes, addresses, CIDR blocks, HOST:PORT, `*`) lists
+    /// the servers reached without one, whatever set it.
+    #[arg(long, env = "ALPN_TUNNEL_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
+    /// USER:PASSWORD for the proxy's Basic authentication (instead of the
+    /// proxy URL's user info).
+    #[arg(long, env = "ALPN_TUNNEL_PROXY_AUTH", hide_env_values = true)]
+    proxy_auth: Option<String>,
     /// Deadline for each network step (connect, each TLS handshake, the upgrade answer).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -184,6 +199,21 @@ impl Common {
             (Some(c), Some(k)) => Some(read_cert_key(c, k).map_err(anyhow::Error::msg)?),
             _ => None,
         };
+        let proxy = proxy::choose(
+            &server,
+            self.proxy.as_deref(),
+            // Parsed here rather than by clap, whose errors would show the value.
+            self.proxy_auth
+                .as_deref()
+                .map(Credentials::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--proxy-auth: {e}"))?,
+            |name| std::env::var(name).ok(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        if let Some(p) = &proxy {
+            info!("{server}: through the proxy {p}");
+        }
         let options = Options {
             sni: self.sni.clone(),
             ca: load(&self.ca)?,
@@ -193,6 +223,7 @@ impl Common {
             names: self.names.names()?,
             ping_interval: self.ping_interval,
             bind: self.bind,
+            proxy,
             timeouts: Timeouts {
                 connect: self.timeout,
                 tls: self.timeout,

@@ -114,15 +114,9 @@ pub async fn probe(client: &Client) -> Report {
         steps: Vec::new(),
         path: None,
     };
-    let started = Instant::now();
-    match client.tcp().await {
-        Ok(_) => report.step(
-            format!("TCP connect {}", client.server().authority()),
-            started,
-            Ok("connected".into()),
-        ),
-        Err(e) => return fail(report, "TCP connect", started, e),
-    };
+    if !connect_steps(&mut report, client).await {
+        return report;
+    }
 
     // The same choice a tunnel makes: detection only where a tunnel would detect.
     let choice = client.path_choice();
@@ -191,6 +185,39 @@ pub async fn probe(client: &Client) -> Report {
         return inner(report, client, Path::Upgrade(asked)).await;
     }
     inner(report, client, path).await
+}
+
+/// The first steps: TCP to the server, or to the proxy and then its `CONNECT`
+/// (the proxy as a step of its own, naming where it was set). Whether they worked.
+async fn connect_steps(report: &mut Report, client: &Client) -> bool {
+    let server = client.server().authority();
+    let started = Instant::now();
+    let Some(proxy) = client.proxy() else {
+        let outcome = client.tcp().await.map(|_| "connected".to_string());
+        return report.step(
+            format!("TCP connect {server}"),
+            started,
+            outcome.map_err(|e| e.to_string()),
+        );
+    };
+    let name = format!("TCP connect to the proxy {}", proxy.url.authority());
+    let mut tcp = match client.proxy_tcp(proxy).await {
+        Ok(tcp) => {
+            report.step(name, started, Ok(format!("connected: {proxy}")));
+            tcp
+        }
+        Err(e) => return report.step(name, started, Err(e.to_string())),
+    };
+    let started = Instant::now();
+    let outcome = client
+        .proxy_connect(&mut tcp, proxy)
+        .await
+        .map(|status| format!("{status}: the proxy opened a tunnel to {server}"));
+    report.step(
+        format!("proxy CONNECT {server}"),
+        started,
+        outcome.map_err(|e| e.to_string()),
+    )
 }
 
 /// The detection handshake as a step; the path it points to, or `None` after

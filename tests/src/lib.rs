@@ -5,6 +5,7 @@
 
 pub mod databases;
 pub mod envoy;
+pub mod forward_proxy;
 pub mod http;
 pub mod load_balancer;
 pub mod process;

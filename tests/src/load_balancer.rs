@@ -190,7 +190,8 @@ pub fn haproxy_command(dir: &Path, text: &str) -> Command {
     c
 }
 
-/// Starts a server that cannot report a port it chose itself (nginx, HAProxy):
+/// Starts a server that cannot report a port it chose itself (nginx, HAProxy,
+/// tinyproxy):
 /// a free port is picked, `command_for(port, dir, cert)` builds the command, and
 /// the start is retried if another process took the port meanwhile. Returns the
 /// process, its address, its certificate and its directory.
@@ -229,7 +230,9 @@ pub fn spawn_on_free_port(
             + &fs::read_to_string(dir.path().join("nginx-error.log")).unwrap_or_default()
             + &fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
         assert!(
-            log.contains("Address already in use") || log.contains("cannot bind"),
+            log.contains("Address already in use")
+                || log.contains("cannot bind")
+                || log.contains("Could not create listening sockets"),
             "{name} did not start:\n{log}"
         );
     }
