@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: build test demo bench setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: build test demo bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -132,6 +132,34 @@ bench: rust-setup envoy services
 	cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
 	cargo build --locked --release -p alpn-router -p alpn-bench
 	ALPN_ROUTER_BIN=$(ROOT)/target/release/alpn-router $(ROOT)/target/release/alpn-bench
+
+## bench-compare: the router of revision BASELINE (make bench-compare
+## BASELINE=ef37747) measured next to the current one, side by side in one run,
+## in the scenarios where the router is the subject; writes
+## bench/results/compare-<rev>.json and .md (BENCHMARKS.md stays as it is).
+## BENCH_ONLY narrows it to some groups (e.g. BENCH_ONLY="data-path memory").
+BASELINE ?=
+BENCH_ONLY ?=
+BASELINE_REV = $(shell git rev-parse --short=7 "$(BASELINE)^{commit}")
+BASELINE_DIR = $(ROOT)/target/bench-baseline/$(BASELINE_REV)
+BASELINE_ROUTER = $(BASELINE_DIR)/target/release/alpn-router
+bench-compare: rust-setup envoy services bench-baseline
+	cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
+	cargo build --locked --release -p alpn-router -p alpn-bench
+	ALPN_ROUTER_BIN=$(ROOT)/target/release/alpn-router $(ROOT)/target/release/alpn-bench \
+	  --baseline-router $(BASELINE_ROUTER) --baseline-rev $(BASELINE_REV) \
+	  $(foreach g,$(BENCH_ONLY),--only $(g))
+
+## bench-baseline: BASELINE's alpn-router, release, from a detached git
+## worktree in target/bench-baseline/<rev>/src, with its own Cargo.lock.
+bench-baseline:
+	@test -n "$(BASELINE)" || { echo "usage: make bench-compare BASELINE=<revision>" >&2; exit 2; }
+	@test -n "$(BASELINE_REV)"
+	@# -f: a worktree whose directory went with `cargo clean` is re-added.
+	test -f $(BASELINE_DIR)/src/Cargo.lock || git worktree add -f --detach $(BASELINE_DIR)/src $(BASELINE_REV)
+	CARGO_TARGET_DIR=$(BASELINE_DIR)/target cargo build --locked --release \
+	  --manifest-path $(BASELINE_DIR)/src/Cargo.toml -p alpn-router --bin alpn-router
+	$(BASELINE_ROUTER) --version
 
 ## envoy-config: refill the bootstraps in envoy/ from envoy/fragment.yaml.
 envoy-config:

@@ -18,10 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend::Backend;
-use crate::measure::{self, median, percentile};
+use crate::measure::{self, percentile};
 use crate::peers::RouterProcess;
 use crate::report::{Row, Scenario, Target};
-use crate::Settings;
+use crate::{Baseline, Settings};
 
 /// The baseline of both scenarios.
 const HTTPS: &str = "HTTPS via nginx + Envoy";
@@ -90,20 +90,6 @@ impl Chain {
         Client::new(url, alpn, options).expect("a tunnel client")
     }
 
-    /// Every subject of the chain's scenarios, in report order: a tunnel
-    /// client for the route `alpn` and its path, or `None` for the HTTPS
-    /// baseline.
-    fn subjects(&self, alpn: &str) -> Vec<(&'static str, Option<(Client, Path)>)> {
-        let mut paths = vec![(DIRECT, Path::Direct)];
-        paths.extend(FRAMINGS.map(|(name, f)| (name, Path::Upgrade(f))));
-        let mut subjects: Vec<_> = paths
-            .into_iter()
-            .map(|(name, path)| (name, Some((self.client(alpn, path), path))))
-            .collect();
-        subjects.push((HTTPS, None));
-        subjects
-    }
-
     /// A new TLS connection to the load balancer (HTTP/1.1).
     async fn https(&self) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.lb.addr).await?;
@@ -145,6 +131,53 @@ impl Chain {
     }
 }
 
+/// The chain, and with a baseline a second chain (its own router, Envoy and
+/// nginx) in front of the baseline router.
+pub struct Chains {
+    current: Chain,
+    baseline: Option<(Baseline, Chain)>,
+}
+
+/// A subject of the chain's scenarios: its name, and a tunnel client for its
+/// route and path, or `None` for the HTTPS baseline.
+type Subject = (String, Option<(Client, Path)>);
+
+impl Chains {
+    /// Starts the chain in front of the current router, and one in front of
+    /// the baseline router if `settings` has one.
+    pub fn start(backend: &Backend, settings: &Settings) -> Chains {
+        Chains {
+            current: Chain::start(backend, &settings.router_bin),
+            baseline: settings
+                .baseline
+                .as_ref()
+                .map(|b| (b.clone(), Chain::start(backend, &b.router_bin))),
+        }
+    }
+
+    /// Every subject of the chain's scenarios for the route `alpn`, in report
+    /// order, each tunnel followed by the same through the baseline's chain;
+    /// and the indices of the subjects so followed (for [`crate::turns`]).
+    fn subjects(&self, alpn: &str) -> (Vec<Subject>, Vec<usize>) {
+        let mut paths = vec![(DIRECT, Path::Direct)];
+        paths.extend(FRAMINGS.map(|(name, f)| (name, Path::Upgrade(f))));
+        let mut subjects = Vec::new();
+        let mut paired = Vec::new();
+        for (name, path) in paths {
+            subjects.push((
+                name.to_string(),
+                Some((self.current.client(alpn, path), path)),
+            ));
+            if let Some((b, chain)) = &self.baseline {
+                paired.push(subjects.len() - 1);
+                subjects.push((b.subject(name), Some((chain.client(alpn, path), path))));
+            }
+        }
+        subjects.push((HTTPS.to_string(), None));
+        (subjects, paired)
+    }
+}
+
 /// Opens a tunnel with `client` along `path`.
 async fn tunnel(client: &Client, path: Path) -> io::Result<Box<dyn Io>> {
     client.connect_via(path).await.map_err(io::Error::other)
@@ -157,13 +190,15 @@ async fn close(mut stream: Box<dyn Io>) {
 
 /// Scenario 2: MiB/s of one download per subject, through the chain per
 /// framing and as plain HTTPS through the same nginx and Envoy.
-pub async fn throughput(settings: &Settings, chain: &Chain) -> anyhow::Result<Scenario> {
+pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<Scenario> {
     let bytes = settings.size(256 << 20, 1 << 20) as u64;
-    let subjects = chain.subjects("source");
+    let (subjects, paired) = chains.subjects("source");
+    let chain = &chains.current;
     let mut runs = vec![Vec::new(); subjects.len()];
     // Round-robin over the subjects, so that a noisy moment hurts all alike.
-    for _ in 0..settings.size(3, 1) {
-        for (i, (_, tunnel_to)) in subjects.iter().enumerate() {
+    for round in 0..settings.size(3, 1) {
+        for i in crate::turns(subjects.len(), round, &paired) {
+            let tunnel_to = &subjects[i].1;
             let started;
             match tunnel_to {
                 Some((client, path)) => {
@@ -189,7 +224,7 @@ pub async fn throughput(settings: &Settings, chain: &Chain) -> anyhow::Result<Sc
     let rows = subjects
         .iter()
         .zip(runs)
-        .map(|((name, _), r)| Row::new(name, median(r)))
+        .map(|((name, _), r)| Row::median_of(name, r))
         .collect();
     Ok(Scenario {
         id: "chain-throughput",
@@ -217,14 +252,16 @@ pub async fn throughput(settings: &Settings, chain: &Chain) -> anyhow::Result<Sc
 
 /// Scenario 3: time from connect to the first echoed byte (tunnels) or to the
 /// whole answer (one HTTPS request), p50 and p99, as two scenarios.
-pub async fn latency(settings: &Settings, chain: &Chain) -> anyhow::Result<[Scenario; 2]> {
+pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Scenario; 2]> {
     let samples = settings.size(400, 5);
-    let subjects = chain.subjects("echo");
+    let (subjects, paired) = chains.subjects("echo");
+    let chain = &chains.current;
     let mut times = vec![Vec::with_capacity(samples); subjects.len()];
     // One warm-up round (session caches, Envoy's upstream pools), then samples
     // taken in turns.
     for round in 0..=samples {
-        for (i, (_, tunnel_to)) in subjects.iter().enumerate() {
+        for i in crate::turns(subjects.len(), round, &paired) {
+            let tunnel_to = &subjects[i].1;
             let started = Instant::now();
             let stream = match tunnel_to {
                 Some((client, path)) => {

@@ -22,12 +22,14 @@ pub async fn data_path_and_handshakes(
 ) -> anyhow::Result<[Scenario; 3]> {
     // Every peer runs at once and they take turns, round after round, so that
     // a change in the machine's load hurts them alike (only one is ever busy).
-    let running: Vec<_> = Peer::ALL
-        .iter()
-        .map(|&peer| peers::start(peer, backend, &settings.router_bin))
-        .collect();
+    let (subjects, paired) = peers::subjects(&Peer::ALL, settings);
+    let running: Vec<_> = subjects.iter().map(|s| peers::start(s, backend)).collect();
     let n = running.len();
-    let (mut one, mut many, mut rates) = (vec![Vec::new(); n], vec![Vec::new(); n], vec![0.0; n]);
+    let (mut one, mut many, mut rates) = (
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+    );
     // Bulk figures are the median of three rounds (one in the smoke test);
     // handshakes are counted over two rounds of 5 s each.
     for round in 0..settings.size(3, 1) {
@@ -35,7 +37,8 @@ pub async fn data_path_and_handshakes(
             "measuring the data path and handshakes, round {} ...",
             round + 1
         );
-        for (i, peer) in running.iter().enumerate() {
+        for i in crate::turns(n, round, &paired) {
+            let peer = &running[i];
             one[i].push(
                 measure::throughput(&peer.target, settings.size(512 << 20, 2 << 20), 1).await?,
             );
@@ -43,22 +46,30 @@ pub async fn data_path_and_handshakes(
                 measure::throughput(&peer.target, settings.size(8 << 20, 64 << 10), 64).await?,
             );
             if peer.peer != Peer::RawTcp && round < 2 {
-                rates[i] += measure::handshake_rate(
-                    &peer.target,
-                    settings.time(5, 150),
-                    settings.size(16, 2),
-                )
-                .await?
-                    / settings.size(2, 1) as f64;
+                rates[i].push(
+                    measure::handshake_rate(
+                        &peer.target,
+                        settings.time(5, 150),
+                        settings.size(16, 2),
+                    )
+                    .await?,
+                );
             }
         }
     }
-    let row = |i: usize, values: &[f64]| Row::new(running[i].peer.name(), median(values.to_vec()));
+    let row = |i: usize, values: &[f64]| Row::median_of(&running[i].name, values.to_vec());
     let data_one: Vec<Row> = (0..n).map(|i| row(i, &one[i])).collect();
     let data_many: Vec<Row> = (0..n).map(|i| row(i, &many[i])).collect();
+    // The rate over both rounds: the mean of the two, as they last as long.
     let handshakes: Vec<Row> = (0..n)
         .filter(|&i| running[i].peer != Peer::RawTcp)
-        .map(|i| Row::new(running[i].peer.name(), rates[i]))
+        .map(|i| Row {
+            rounds: rates[i].clone(),
+            ..Row::new(
+                &running[i].name,
+                rates[i].iter().sum::<f64>() / rates[i].len() as f64,
+            )
+        })
         .collect();
     let as_fast = || {
         Some(Target::new(
@@ -122,14 +133,14 @@ pub async fn memory(settings: &Settings, backend: SocketAddr) -> anyhow::Result<
         ),
     ] {
         let mut rows = Vec::new();
-        for peer in [Peer::Router, Peer::NginxStream] {
-            let running = peers::start(peer, backend, &settings.router_bin);
-            eprintln!("measuring {} with {count} idle tunnels ...", peer.name());
+        for subject in peers::subjects(&[Peer::Router, Peer::NginxStream], settings).0 {
+            let running = peers::start(&subject, backend);
+            eprintln!("measuring {} with {count} idle tunnels ...", running.name);
             let pid = running.pid().expect("a process of its own");
             let per_tunnel = measure::idle_memory(&running.target, pid, count)
                 .await
                 .with_context(|| problems(&running.log()))?;
-            rows.push(Row::new(peer.name(), per_tunnel));
+            rows.push(Row::new(&running.name, per_tunnel));
         }
         scenarios.push(Scenario {
             id,
@@ -167,8 +178,15 @@ pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result
         &[1, 16, 256, 1024]
     };
     let total = settings.size(256 << 20, 1 << 20);
-    let running =
-        [Peer::Router, Peer::NginxStream].map(|p| peers::start(p, backend, &settings.router_bin));
+    // The current router only, also in a comparison with a baseline.
+    let running = [Peer::Router, Peer::NginxStream].map(|peer| {
+        let subject = peers::Subject {
+            peer,
+            name: peer.name().to_string(),
+            router_bin: settings.router_bin.clone(),
+        };
+        peers::start(&subject, backend)
+    });
     let mut throughput = Vec::new();
     let mut cpu = Vec::new();
     for &n in counts {
@@ -190,13 +208,9 @@ pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result
         }
         let group = format!("{n} tunnel{}", if n == 1 { "" } else { "s" });
         for (i, peer) in running.iter().enumerate() {
-            throughput.push(Row::grouped(
-                peer.peer.name(),
-                &group,
-                median(rates[i].clone()),
-            ));
+            throughput.push(Row::grouped(&peer.name, &group, median(rates[i].clone())));
             cpu.push(Row::grouped(
-                peer.peer.name(),
+                &peer.name,
                 &group,
                 median(cpu_per_gib[i].clone()),
             ));

@@ -8,9 +8,14 @@
 //! (`direct`); 2 the full chain's throughput and 3 set-up latency (`chain`);
 //! 6 the filter's overhead, in requests/s and in Envoy's CPU per request (`filter`);
 //! 8 the WebSocket upload direction (masked) against download (`upload`).
+//!
+//! With a [`Baseline`] (`make bench-compare`), the router of another revision
+//! runs next to the current one as an extra subject, taking turns with it, in
+//! the scenarios where the router is the subject (`compare` pairs them up).
 
 pub mod backend;
 pub mod chain;
+pub mod compare;
 pub mod direct;
 pub mod filter;
 pub mod measure;
@@ -33,8 +38,28 @@ pub struct Settings {
     pub router_bin: PathBuf,
     /// The `alpn-bench` binary (its `backend` subcommand is the backend).
     pub bench_bin: PathBuf,
-    /// Run only this group of scenarios (all when `None`).
-    pub only: Option<Group>,
+    /// Run only these groups of scenarios (when empty: all, or with a
+    /// baseline [`Group::COMPARED`]).
+    pub only: Vec<Group>,
+    /// Another revision's router, measured next to the current one.
+    pub baseline: Option<Baseline>,
+}
+
+/// A router from another revision, measured as an extra subject next to the
+/// current one in the same run.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// The revision it was built from (a short hash), for names and files.
+    pub rev: String,
+    /// Its `alpn-router` binary.
+    pub router_bin: PathBuf,
+}
+
+impl Baseline {
+    /// The name of `subject` measured with the baseline router instead.
+    pub fn subject(&self, subject: &str) -> String {
+        format!("{subject} (baseline {})", self.rev)
+    }
 }
 
 /// The groups of scenarios, each run as a whole.
@@ -55,9 +80,24 @@ pub enum Group {
     WebSocketUpload,
 }
 
+impl Group {
+    /// The groups where the router is the subject: those a baseline router
+    /// runs in (the filter's involves no router; scaling is left out).
+    pub const COMPARED: [Group; 4] = [
+        Group::DataPath,
+        Group::WebSocketUpload,
+        Group::Chain,
+        Group::Memory,
+    ];
+}
+
 impl Settings {
     fn runs(&self, group: Group) -> bool {
-        self.only.is_none_or(|g| g == group)
+        if self.only.is_empty() {
+            self.baseline.is_none() || Group::COMPARED.contains(&group)
+        } else {
+            self.only.contains(&group)
+        }
     }
 
     fn size(&self, full: usize, quick: usize) -> usize {
@@ -77,7 +117,20 @@ impl Settings {
     }
 }
 
-/// Runs every scenario (or the group `settings.only` names), in the order of
+/// The order in which `n` subjects take their turns in `round`: as listed,
+/// except that in odd rounds each subject in `paired` swaps places with the
+/// next one (its baseline counterpart), so that neither always goes second.
+pub fn turns(n: usize, round: usize, paired: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if round % 2 == 1 {
+        for &i in paired {
+            order.swap(i, i + 1);
+        }
+    }
+    order
+}
+
+/// Runs every scenario (or the groups `settings.only` names), in the order of
 /// the benchmark issue (the WebSocket upload beside the data path).
 pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
     let backend = Backend::start(&settings.bench_bin);
@@ -92,9 +145,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
     }
     if settings.runs(Group::Chain) {
         eprintln!("measuring the full chain ...");
-        let chain = chain::Chain::start(&backend, &settings.router_bin);
-        scenarios.push(chain::throughput(settings, &chain).await?);
-        scenarios.extend(chain::latency(settings, &chain).await?);
+        let chains = chain::Chains::start(&backend, settings);
+        scenarios.push(chain::throughput(settings, &chains).await?);
+        scenarios.extend(chain::latency(settings, &chains).await?);
     }
     scenarios.extend(handshakes);
     if settings.runs(Group::Memory) {
@@ -107,4 +160,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
         scenarios.extend(direct::scaling(settings, backend.echo).await?);
     }
     Ok(scenarios)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paired_subjects_swap_places_every_other_round() {
+        assert_eq!(super::turns(5, 0, &[1]), [0, 1, 2, 3, 4]);
+        assert_eq!(super::turns(5, 1, &[1]), [0, 2, 1, 3, 4]);
+        assert_eq!(super::turns(5, 2, &[1]), [0, 1, 2, 3, 4]);
+        assert_eq!(super::turns(4, 1, &[0, 2]), [1, 0, 3, 2]);
+        assert_eq!(super::turns(3, 1, &[]), [0, 1, 2]);
+    }
 }

@@ -1,9 +1,10 @@
 //! `alpn-bench`: runs the benchmarks and writes `bench/results/latest.json`,
-//! `bench/plots/*.svg` and `BENCHMARKS.md`.
+//! `bench/plots/*.svg` and `BENCHMARKS.md`; with a baseline router, only
+//! `bench/results/compare-<rev>.json` and `.md`.
 
 use std::path::PathBuf;
 
-use alpn_bench::{backend, report, run, Group, Settings};
+use alpn_bench::{backend, compare, report, run, Baseline, Group, Settings};
 use clap::{Parser, Subcommand};
 
 /// The benchmarks against nginx stream, HAProxy and Envoy, side by side in one
@@ -15,13 +16,21 @@ struct Args {
     /// smoke test): checks that everything runs, measures nothing.
     #[arg(long)]
     quick: bool,
-    /// Run only this group of scenarios; the report goes to standard output
-    /// and the committed results stay as they are.
+    /// Run only this group of scenarios (repeatable); the report goes to
+    /// standard output and the committed results stay as they are.
     #[arg(long, value_enum)]
-    only: Option<Group>,
+    only: Vec<Group>,
     /// The router to measure.
     #[arg(long, env = "ALPN_ROUTER_BIN", default_value_os_t = sibling("alpn-router"))]
     router: PathBuf,
+    /// Another revision's router, measured next to `--router` in the scenarios
+    /// where the router is the subject; the comparison goes to
+    /// `bench/results/compare-<rev>.json` and `.md`.
+    #[arg(long, requires = "baseline_rev")]
+    baseline_router: Option<PathBuf>,
+    /// The revision the baseline router was built from.
+    #[arg(long, requires = "baseline_router")]
+    baseline_rev: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -49,7 +58,11 @@ fn main() -> anyhow::Result<()> {
         quick: args.quick,
         router_bin: args.router,
         bench_bin: std::env::current_exe()?,
-        only: args.only,
+        only: args.only.clone(),
+        baseline: args
+            .baseline_router
+            .zip(args.baseline_rev)
+            .map(|(router_bin, rev)| Baseline { rev, router_bin }),
     };
     // On a worker, as servers and `alpn-tunnel` run their connections: a future
     // awaited by `block_on` itself runs on this thread, and every wake-up of its
@@ -70,6 +83,24 @@ fn main() -> anyhow::Result<()> {
     .trim()
     .to_string();
     let root = integration_tests::root();
+    let scratch = tempfile::tempdir()?;
+    if let Some(baseline) = &settings.baseline {
+        let pairs = compare::pairs(&scenarios, baseline);
+        let comparison = compare::Comparison {
+            date: &date,
+            environment: &environment,
+            baseline_rev: &baseline.rev,
+            pairs: &pairs,
+            scenarios: &scenarios,
+        };
+        let dir = if args.quick {
+            scratch.path().to_path_buf()
+        } else {
+            root.join("bench/results")
+        };
+        print!("{}", compare::write(&comparison, &dir)?);
+        return Ok(());
+    }
     let discussion = std::fs::read_to_string(root.join("bench/discussion.md"))?;
     let report = report::Report {
         date: &date,
@@ -77,8 +108,7 @@ fn main() -> anyhow::Result<()> {
         scenarios: &scenarios,
         discussion: &discussion,
     };
-    let scratch = tempfile::tempdir()?;
-    let (results, plots, markdown) = if args.quick || args.only.is_some() {
+    let (results, plots, markdown) = if args.quick || !args.only.is_empty() {
         let dir = scratch.path();
         (
             dir.to_path_buf(),

@@ -13,6 +13,8 @@ use integration_tests::process::Logged;
 use integration_tests::tls::ServerCert;
 use rustls::pki_types::CertificateDer;
 
+use crate::Settings;
+
 /// What is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
@@ -61,10 +63,47 @@ pub struct Target {
     pub alpn: Option<&'static str>,
 }
 
+/// A peer to start, under the name it is reported by.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// Which peer.
+    pub peer: Peer,
+    /// Its name in reports: the peer's, or the baseline's for the baseline router.
+    pub name: String,
+    /// The `alpn-router` binary, for the router.
+    pub router_bin: PathBuf,
+}
+
+/// `peers` as subjects, in order, with the baseline router (if any) right after
+/// the router. The second value lists the indices of the subjects followed by
+/// their baseline counterpart (for [`crate::turns`]).
+pub fn subjects(peers: &[Peer], settings: &Settings) -> (Vec<Subject>, Vec<usize>) {
+    let mut subjects = Vec::new();
+    let mut paired = Vec::new();
+    for &peer in peers {
+        subjects.push(Subject {
+            peer,
+            name: peer.name().to_string(),
+            router_bin: settings.router_bin.clone(),
+        });
+        if let (Peer::Router, Some(baseline)) = (peer, &settings.baseline) {
+            paired.push(subjects.len() - 1);
+            subjects.push(Subject {
+                peer,
+                name: baseline.subject(peer.name()),
+                router_bin: baseline.router_bin.clone(),
+            });
+        }
+    }
+    (subjects, paired)
+}
+
 /// A running peer.
 pub struct Running {
     /// Which peer.
     pub peer: Peer,
+    /// Its name in reports.
+    pub name: String,
     /// How to reach it.
     pub target: Target,
     /// Keeps the process (and its files) alive.
@@ -173,11 +212,13 @@ impl RouterProcess {
     }
 }
 
-/// Starts `peer` in front of `backend`, using the router binary `router_bin`.
-pub fn start(peer: Peer, backend: SocketAddr, router_bin: &Path) -> Running {
+/// Starts `subject` in front of `backend`.
+pub fn start(subject: &Subject, backend: SocketAddr) -> Running {
+    let (peer, name, router_bin) = (subject.peer, subject.name.clone(), &subject.router_bin);
     match peer {
         Peer::RawTcp => Running {
             peer,
+            name,
             target: Target {
                 addr: backend,
                 cert: None,
@@ -193,6 +234,7 @@ pub fn start(peer: Peer, backend: SocketAddr, router_bin: &Path) -> Running {
             );
             Running {
                 peer,
+                name,
                 target: Target {
                     addr: router.direct,
                     cert: Some(router.cert.der()),
@@ -226,6 +268,7 @@ pub fn start(peer: Peer, backend: SocketAddr, router_bin: &Path) -> Running {
             });
             Running {
                 peer,
+                name,
                 target: Target {
                     addr,
                     cert: Some(cert.der()),
@@ -253,6 +296,7 @@ pub fn start(peer: Peer, backend: SocketAddr, router_bin: &Path) -> Running {
             let addr = envoy.listener("tls");
             Running {
                 peer,
+                name,
                 target: Target {
                     addr,
                     cert: Some(cert.der()),

@@ -20,6 +20,10 @@ pub struct Row {
     pub group: Option<String>,
     /// The figure, in the scenario's unit.
     pub value: f64,
+    /// The figure of each round it summarises, in the order run (empty when it
+    /// is not made of rounds): their spread is the noise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<f64>,
 }
 
 impl Row {
@@ -29,6 +33,15 @@ impl Row {
             subject: subject.to_string(),
             group: None,
             value,
+            rounds: Vec::new(),
+        }
+    }
+
+    /// A row whose figure is the median of `rounds`.
+    pub fn median_of(subject: &str, rounds: Vec<f64>) -> Row {
+        Row {
+            rounds: rounds.clone(),
+            ..Row::new(subject, crate::measure::median(rounds))
         }
     }
 

@@ -14,7 +14,7 @@ use alpn_tunnel::{Client, Options, Path, ServerUrl, UpgradeMode};
 use tokio::io::AsyncWriteExt;
 
 use crate::backend::Backend;
-use crate::measure::{self, median};
+use crate::measure;
 use crate::peers::RouterProcess;
 use crate::report::{Row, Scenario, Target};
 use crate::Settings;
@@ -71,22 +71,34 @@ fn client(router: &RouterProcess, alpn: &str, framing: Framing) -> Client {
 /// Scenario 8: MiB/s of one upload and one download per framing through the
 /// router's upgrade listener.
 pub async fn websocket_upload(settings: &Settings, backend: &Backend) -> anyhow::Result<Scenario> {
-    let router = RouterProcess::start(
-        &settings.router_bin,
-        "[upgrade]\nlisten = \"127.0.0.1:0\"\n\n[direct]\nlisten = \"127.0.0.1:0\"\n",
-        &[("source", backend.source), ("sink", backend.sink)],
-    );
+    let start = |router_bin| {
+        RouterProcess::start(
+            router_bin,
+            "[upgrade]\nlisten = \"127.0.0.1:0\"\n\n[direct]\nlisten = \"127.0.0.1:0\"\n",
+            &[("source", backend.source), ("sink", backend.sink)],
+        )
+    };
+    let router = start(&settings.router_bin);
+    let baseline = settings
+        .baseline
+        .as_ref()
+        .map(|b| (b, start(&b.router_bin)));
     let bytes = settings.size(256 << 20, 1 << 20) as u64;
-    let subjects: Vec<_> = SUBJECTS
-        .iter()
-        .map(|&(name, framing, direction)| {
-            let alpn = match direction {
-                Direction::Download => "source",
-                Direction::Upload => "sink",
-            };
-            (name, client(&router, alpn, framing), framing, direction)
-        })
-        .collect();
+    // Each subject, then the same with the baseline router (if any).
+    let mut subjects = Vec::new();
+    let mut paired = Vec::new();
+    for &(name, framing, direction) in &SUBJECTS {
+        let alpn = match direction {
+            Direction::Download => "source",
+            Direction::Upload => "sink",
+        };
+        let with = |router| (client(router, alpn, framing), framing, direction);
+        subjects.push((name.to_string(), with(&router)));
+        if let Some((b, baseline_router)) = &baseline {
+            paired.push(subjects.len() - 1);
+            subjects.push((b.subject(name), with(baseline_router)));
+        }
+    }
     let mut runs = vec![Vec::new(); subjects.len()];
     // Round-robin over the subjects, so that a noisy moment hurts all alike.
     for round in 0..settings.size(3, 1) {
@@ -94,7 +106,8 @@ pub async fn websocket_upload(settings: &Settings, backend: &Backend) -> anyhow:
             "measuring WebSocket upload against download, round {} ...",
             round + 1
         );
-        for (i, (_, client, framing, direction)) in subjects.iter().enumerate() {
+        for i in crate::turns(subjects.len(), round, &paired) {
+            let (_, (client, framing, direction)) = &subjects[i];
             let mut s: Box<dyn Io> = client.connect_via(Path::Upgrade(*framing)).await?;
             let started = Instant::now();
             match direction {
@@ -110,7 +123,7 @@ pub async fn websocket_upload(settings: &Settings, backend: &Backend) -> anyhow:
     let rows = subjects
         .iter()
         .zip(runs)
-        .map(|((name, ..), r)| Row::new(name, median(r)))
+        .map(|((name, _), r)| Row::median_of(name, r))
         .collect();
     Ok(Scenario {
         id: "websocket-upload",

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use alpn_bench::{report, run, Settings};
+use alpn_bench::{compare, report, run, Baseline, Settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_and_reports() {
@@ -13,7 +13,8 @@ async fn every_scenario_runs_and_reports() {
         quick: true,
         router_bin: router_bin.clone(),
         bench_bin: PathBuf::from(env!("CARGO_BIN_EXE_alpn-bench")),
-        only: None,
+        only: Vec::new(),
+        baseline: None,
     };
     let scenarios = run(&settings).await.expect("the scenarios run");
     let ids: Vec<&str> = scenarios.iter().map(|s| s.id).collect();
@@ -118,4 +119,87 @@ async fn every_scenario_runs_and_reports() {
             .unwrap();
     assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(13));
     assert_eq!(json["scenarios"][11]["rows"][2]["group"], "16 tunnels");
+}
+
+/// A comparison run: the same router binary as its own baseline, so the code
+/// paths run (a second router in every compared scenario, a second chain) and
+/// every router subject is paired, without a second build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baseline_router_runs_next_to_the_current_one() {
+    let router_bin = integration_tests::built("target/debug/alpn-router", "make build");
+    let baseline = Baseline {
+        rev: "same".into(),
+        router_bin: router_bin.clone(),
+    };
+    let settings = Settings {
+        quick: true,
+        router_bin,
+        bench_bin: PathBuf::from(env!("CARGO_BIN_EXE_alpn-bench")),
+        only: Vec::new(),
+        baseline: Some(baseline.clone()),
+    };
+    let scenarios = run(&settings).await.expect("the scenarios run");
+    let ids: Vec<&str> = scenarios.iter().map(|s| s.id).collect();
+    assert_eq!(
+        ids,
+        [
+            "data-path-1",
+            "data-path-64",
+            "websocket-upload",
+            "chain-throughput",
+            "latency-p50",
+            "latency-p99",
+            "handshakes",
+            "memory-1k",
+            "memory-10k",
+        ]
+    );
+    let pairs = compare::pairs(&scenarios, &baseline);
+    let paired: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|p| (p.scenario, p.subject.as_str()))
+        .collect();
+    for expected in [
+        ("data-path-1", "alpn-router"),
+        ("data-path-64", "alpn-router"),
+        (
+            "websocket-upload",
+            "websocket, upload (client to router, masked)",
+        ),
+        ("websocket-upload", "alpn, download (reference)"),
+        ("chain-throughput", "tunnel, direct to the router"),
+        ("latency-p50", "tunnel via nginx + Envoy, websocket"),
+        ("handshakes", "alpn-router"),
+        ("memory-10k", "alpn-router"),
+    ] {
+        assert!(paired.contains(&expected), "{expected:?} not in {paired:?}");
+    }
+    // 1 + 1 + 4 + 4 + 4 + 4 + 1 + 1 + 1: the router's subjects, and no other.
+    assert_eq!(pairs.len(), 21, "{paired:?}");
+    for p in &pairs {
+        assert!(p.ratio.is_finite() || p.baseline == 0.0, "{p:?}");
+    }
+    let data_path = &pairs[0];
+    assert_eq!(data_path.round_ratios.len(), 1, "{data_path:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let environment = report::environment(&settings.router_bin);
+    let comparison = compare::Comparison {
+        date: "today",
+        environment: &environment,
+        baseline_rev: "same",
+        pairs: &pairs,
+        scenarios: &scenarios,
+    };
+    let md = compare::write(&comparison, dir.path()).unwrap();
+    assert!(
+        md.contains("| data-path-1 | alpn-router | MiB/s each way | "),
+        "{md}"
+    );
+    assert!(md.contains("| alpn-router (baseline same) | "), "{md}");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("compare-same.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["pairs"].as_array().map(Vec::len), Some(21));
 }
