@@ -9,7 +9,7 @@ mod support;
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
@@ -119,7 +119,7 @@ impl Chain {
     /// `alpn-tunnel connect` to the echo route with `upgrade` and `extra`
     /// arguments, `input` on its standard input.
     fn connect(&self, upgrade: &str, extra: &[&str], input: &[u8]) -> Output {
-        let mut child = Command::new(integration_tests::tunnel_bin())
+        let mut child = integration_tests::tunnel_command()
             .args([
                 "connect",
                 "--server",
@@ -212,7 +212,7 @@ fn a_client_with_other_names_is_told_so() {
         "{log}"
     );
     // The default path: not this server's upgrade path.
-    let out = Command::new(integration_tests::tunnel_bin())
+    let out = integration_tests::tunnel_command()
         .args(["connect", "--server", &format!("https://{}", c.lb.addr)])
         .args([
             "--alpn",
@@ -242,7 +242,7 @@ fn a_client_with_other_names_is_told_so() {
 
 #[test]
 fn names_the_client_cannot_use_are_refused_naming_the_flag() {
-    let out = Command::new(integration_tests::tunnel_bin())
+    let out = integration_tests::tunnel_command()
         .args([
             "connect",
             "--server",

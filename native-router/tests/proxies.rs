@@ -19,20 +19,6 @@ use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
 use support::{backend, config, echo, echo_round_trip, Backend, Logged, Pki, RouterProcess};
 
-/// Every variable that could choose a proxy; each command starts without them.
-const PROXY_VARS: [&str; 10] = [
-    "https_proxy",
-    "HTTPS_PROXY",
-    "http_proxy",
-    "HTTP_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-    "no_proxy",
-    "NO_PROXY",
-    "ALPN_TUNNEL_PROXY",
-    "ALPN_TUNNEL_PROXY_AUTH",
-];
-
 /// The server side: router, Envoy with the filter, nginx in front.
 struct Chain {
     pki: Pki,
@@ -78,7 +64,7 @@ impl Chain {
     /// `alpn-tunnel SUB --server server --alpn echo` trusting the test CAs, with
     /// no proxy variable from the test's own environment.
     fn cli(&self, sub: &str, server: &str) -> Command {
-        let mut c = Command::new(integration_tests::tunnel_bin());
+        let mut c = integration_tests::tunnel_command();
         c.args([sub, "--server", server, "--alpn"])
             .arg(if sub == "forward" {
                 "echo=127.0.0.1:0"
@@ -90,9 +76,6 @@ impl Chain {
             .arg("--outer-ca")
             .arg(&self.nginx.cert.pem)
             .env_remove("ALPN_TUNNEL_UPGRADE");
-        for var in PROXY_VARS {
-            c.env_remove(var);
-        }
         c
     }
 

@@ -43,6 +43,31 @@ pub fn tunnel_bin() -> PathBuf {
     built("target/debug/alpn-tunnel", "cargo build -p alpn-tunnel")
 }
 
+/// The proxy variables `alpn-tunnel` follows (curl's).
+pub const PROXY_VARIABLES: [&str; 10] = [
+    "https_proxy",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "HTTP_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "ALPN_TUNNEL_PROXY",
+    "ALPN_TUNNEL_PROXY_AUTH",
+];
+
+/// A command for `alpn-tunnel` that reaches the test's servers on loopback as
+/// they are: whatever proxy the machine running the tests uses (for its package
+/// registries, say) is not in the way. A test of proxies sets its own.
+pub fn tunnel_command() -> std::process::Command {
+    let mut command = std::process::Command::new(tunnel_bin());
+    for name in PROXY_VARIABLES {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// The filter as Envoy loads it.
 pub fn filter_wasm() -> PathBuf {
     built(
