@@ -2,6 +2,20 @@
 //! routed service (`connect(server, alpn, options) -> stream`), directly or
 //! through an upgrade, detecting which is needed (PROTOCOL.md section 6).
 //! `alpn-tunnel` is a thin command line over it.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use alpn_tunnel::pem::read_certs;
+//! use alpn_tunnel::{connect, Options};
+//!
+//! let ca = read_certs(std::path::Path::new("router-ca.pem"))?;
+//! let options = Options { ca: Some(ca), ..Options::default() };
+//! // An AsyncRead + AsyncWrite stream to the service routed for "postgresql".
+//! let stream = connect("https://db.example.com", "postgresql", options).await?;
+//! # drop(stream);
+//! # Ok(())
+//! # }
+//! ```
 
 mod detect;
 mod forward;
