@@ -42,6 +42,19 @@ pub fn tunnel_bin() -> PathBuf {
     built("target/debug/alpn-tunnel", "cargo build -p alpn-tunnel")
 }
 
+/// `alpn-tunnel` as a test runs it: with its persistent cache off
+/// (`ALPN_TUNNEL_CACHE_TTL=0`) and `XDG_CACHE_HOME` pointed away from the
+/// user's home, so that no test reads or writes the real cache; tests of the
+/// cache set both again.
+pub fn tunnel_command() -> std::process::Command {
+    let mut c = std::process::Command::new(tunnel_bin());
+    c.env("ALPN_TUNNEL_CACHE_TTL", "0").env(
+        "XDG_CACHE_HOME",
+        std::env::temp_dir().join("alpn-tunnel-tests-without-cache"),
+    );
+    c
+}
+
 /// The filter as Envoy loads it.
 pub fn filter_wasm() -> PathBuf {
     built(
