@@ -109,7 +109,7 @@ impl Chain {
         ca: &std::path::Path,
         outer_ca: &std::path::Path,
     ) -> Command {
-        let mut c = Command::new(integration_tests::tunnel_bin());
+        let mut c = integration_tests::tunnel_command();
         c.args([
             sub,
             "--server",
@@ -461,7 +461,7 @@ fn a_server_that_never_answers_fails_within_the_deadline() {
         ),
         (format!("http://{}", silent.addr), "the upgrade answer"),
     ] {
-        let out = Command::new(integration_tests::tunnel_bin())
+        let out = integration_tests::tunnel_command()
             .args([
                 "connect",
                 "--server",

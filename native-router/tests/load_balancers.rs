@@ -125,7 +125,7 @@ impl Setup {
 
 /// `psql` and `redis-cli` through one `alpn-tunnel forward` process.
 fn real_clients(s: &Setup) {
-    let mut forward = Command::new(integration_tests::tunnel_bin());
+    let mut forward = integration_tests::tunnel_command();
     forward
         .args([
             "forward",

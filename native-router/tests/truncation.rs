@@ -44,7 +44,7 @@ fn cutting_server(pki: &Pki) -> SocketAddr {
 
 /// `alpn-tunnel SUBCOMMAND` straight to `server` (no detection), trusting the PKI.
 fn cli(pki: &Pki, sub: &str, server: SocketAddr, alpn: &str) -> Command {
-    let mut c = Command::new(integration_tests::tunnel_bin());
+    let mut c = integration_tests::tunnel_command();
     c.args([
         sub,
         "--server",
