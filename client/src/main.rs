@@ -92,8 +92,10 @@ struct Common {
     /// CA file (PEM) that verifies the load balancer; default: the system's roots.
     #[arg(long)]
     outer_ca: Option<PathBuf>,
-    /// auto (detect; an upgrade uses WebSocket), never (direct TLS), always
-    /// (WebSocket), or a framing: websocket (offers subprotocols alpn-ping, then
+    /// auto (detect; an upgrade climbs the ladder websocket, alpn-ping, alpn
+    /// when one is refused as "not this framing", and remembers the one that
+    /// worked), never (direct TLS), always (an upgrade, climbing the same
+    /// ladder), or a framing, which never falls back: websocket (offers subprotocols alpn-ping, then
     /// alpn; the server picks), websocket-ping (offers only alpn-ping),
     /// alpn-ping, or alpn (raw bytes: nothing can ping it, so a quiet tunnel
     /// dies at a load balancer's idle timeout). Logs and probe name the
