@@ -170,7 +170,7 @@ impl ServerCertVerifier for EitherName {
 }
 
 /// The reason, if this handshake failure means an L7 load balancer.
-fn classify(e: &io::Error) -> Option<String> {
+pub(crate) fn classify(e: &io::Error) -> Option<String> {
     use rustls::AlertDescription as A;
     match super::rustls_error(e) {
         Some(rustls::Error::AlertReceived(A::NoApplicationProtocol)) => {
@@ -188,10 +188,24 @@ fn classify(e: &io::Error) -> Option<String> {
     }
 }
 
-/// The path to use for `client` (the detection of PROTOCOL.md section 6).
-pub(crate) async fn detect(client: &Client) -> Result<Path, ClientError> {
+/// The path to use for `client` (the detection of PROTOCOL.md section 6), and
+/// what the test handshake showed.
+pub(crate) async fn detect(client: &Client) -> Result<(Path, String), ClientError> {
     Ok(match test_handshake(client).await? {
-        Finding::Negotiated => Path::Direct,
-        Finding::OtherAlpn(_) | Finding::LoadBalancerFailure(_) => Path::Upgrade(DEFAULT_FRAMING),
+        Finding::Negotiated => (
+            Path::Direct,
+            format!("the test handshake negotiated {:?}", client.alpn),
+        ),
+        Finding::OtherAlpn(alpn) => (
+            Path::Upgrade(DEFAULT_FRAMING),
+            match alpn {
+                Some(a) => format!("the test handshake answered ALPN {a:?}"),
+                None => "the test handshake answered no ALPN".into(),
+            },
+        ),
+        Finding::LoadBalancerFailure(why) => (
+            Path::Upgrade(DEFAULT_FRAMING),
+            format!("the test handshake: {why}"),
+        ),
     })
 }

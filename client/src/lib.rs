@@ -17,6 +17,7 @@
 //! # }
 //! ```
 
+pub mod cache;
 mod detect;
 mod forward;
 pub mod handshake;
@@ -52,13 +53,14 @@ pub use server_url::ServerUrl;
 /// How to reach the router: detect, or as the user says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpgradeMode {
-    /// Detect a load balancer (PROTOCOL.md section 6); upgrade with WebSocket if one is there.
+    /// Detect a load balancer (PROTOCOL.md section 6); upgrade if one is there,
+    /// climbing the [`LADDER`] of framings.
     Auto,
     /// Always connect directly.
     Never,
-    /// Always upgrade, with WebSocket.
+    /// Always upgrade, climbing the [`LADDER`] of framings as `auto` does.
     Always,
-    /// Always upgrade, with this framing.
+    /// Always upgrade, with this framing and no other.
     Framing(Framing),
 }
 
@@ -86,6 +88,12 @@ impl UpgradeMode {
 /// passes the most load balancers. It offers subprotocol `alpn-ping` before
 /// `alpn`, and pings after a quiet send side either way.
 pub const DEFAULT_FRAMING: Framing = Framing::WebSocket(Subprotocol::Alpn);
+
+/// The framings `auto` (and `always`) try in turn when an upgrade is refused
+/// in a way that says "not this framing" (PROTOCOL.md section 6): WebSocket
+/// passes the most middleboxes, `alpn-ping` can still be pinged, raw `alpn`
+/// is the last resort.
+pub const LADDER: [Framing; 3] = [DEFAULT_FRAMING, Framing::AlpnPing, Framing::Alpn];
 
 /// Deadlines for each network step.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +142,9 @@ pub struct Options {
     /// The HTTP proxy the outer connection goes through, with `CONNECT`; the
     /// binary chooses it with [`proxy::choose`]. Default: none.
     pub proxy: Option<Proxy>,
+    /// Where detection results and the framing that worked are kept across
+    /// runs; `None` (the library's default): only for the life of the [`Client`].
+    pub cache: Option<cache::Cache>,
 }
 
 impl Default for Options {
@@ -149,6 +160,7 @@ impl Default for Options {
             timeouts: Timeouts::default(),
             bind: None,
             proxy: None,
+            cache: None,
         }
     }
 }
@@ -211,6 +223,28 @@ pub enum ClientError {
     /// it carries the proxy).
     #[error(transparent)]
     Proxy(Box<ProxyError>),
+    /// Every framing of the [`LADDER`] was refused in a way that says "not
+    /// this framing".
+    #[error("the upgrade to {url} was refused in every framing: {}", refusals_text(.refusals))]
+    EveryFraming {
+        /// The server.
+        url: String,
+        /// Each framing tried, and its refusal.
+        refusals: Vec<(Framing, AnswerError)>,
+    },
+    /// The remembered (or detected) path failed in a way that the other path
+    /// would explain, and the other path failed too.
+    #[error("{first_path} failed: {first}; then {second_path}, which that failure pointed to, failed too: {second}")]
+    BothPaths {
+        /// The path tried first.
+        first_path: Path,
+        /// Why it failed.
+        first: Box<ClientError>,
+        /// The other path.
+        second_path: Path,
+        /// Why that failed.
+        second: Box<ClientError>,
+    },
     /// Detection met a failure that says nothing about load balancers.
     #[error("detecting whether a load balancer is in the way failed: {0}")]
     Detect(String),
@@ -261,8 +295,11 @@ fn is_no_alpn_alert(e: &io::Error) -> bool {
     )
 }
 
+/// What to check when the server does not take the client's names.
+const NAMES_ADVICE: &str = "the client's names must be the server's: --alpn-token, --alpn-ping-token, --websocket-token, --alpn-subprotocol, --alpn-ping-subprotocol";
+
 fn upgrade_hint(e: &AnswerError, asked: &str) -> String {
-    const NAMES: &str = "the client's names must be the server's: --alpn-token, --alpn-ping-token, --websocket-token, --alpn-subprotocol, --alpn-ping-subprotocol";
+    const NAMES: &str = NAMES_ADVICE;
     let AnswerError::Status {
         status,
         reason,
@@ -294,6 +331,112 @@ fn upgrade_hint(e: &AnswerError, asked: &str) -> String {
         502..=504 => " (the router behind the load balancer is not answering)".into(),
         _ => String::new(),
     }
+}
+
+fn refusals_text(refusals: &[(Framing, AnswerError)]) -> String {
+    let mut text: Vec<String> = refusals
+        .iter()
+        .map(|(f, e)| format!("{}: {e}", f.name()))
+        .collect();
+    if refusals
+        .iter()
+        .all(|(_, e)| matches!(e, AnswerError::Status { status: 403, .. }))
+    {
+        text.push("(refused by policy, or by a firewall that passes none of them: ask the server's operator)".into());
+    }
+    if refusals
+        .iter()
+        .all(|(_, e)| matches!(e, AnswerError::Status { status: 426, .. }))
+    {
+        let allowed = refusals.iter().find_map(|(_, e)| match e {
+            AnswerError::Status { upgrade, .. } => upgrade.clone(),
+            _ => None,
+        });
+        text.push(format!(
+            "(the server takes none of this client's upgrade types{}: {NAMES_ADVICE})",
+            allowed
+                .map(|a| format!(", it allows {a}"))
+                .unwrap_or_default()
+        ));
+    }
+    text.join("; ")
+}
+
+/// Why an upgrade failure says "not this framing" (PROTOCOL.md section 6),
+/// so that `auto` tries the next one; `None` when another framing would fare
+/// no better: a wrong path (404), a rate limit (429), a server error (5xx), a
+/// deadline, a failure before or after the upgrade.
+fn not_this_framing(e: &ClientError) -> Option<&'static str> {
+    let ClientError::Upgrade { error, .. } = e else {
+        return None;
+    };
+    match error {
+        AnswerError::Status { status: 400, .. } => {
+            Some("a 400, as from a middlebox that strips or rewrites upgrade headers")
+        }
+        // The filter's own 403 (a source not allowed) is the same for every
+        // framing; a WAF's 403 for an upgrade token it does not pass is not.
+        // The two cannot be told apart, and the protocol climbs on 403.
+        AnswerError::Status { status: 403, .. } => {
+            Some("a 403, as from a WAF that passes only some upgrade types")
+        }
+        AnswerError::Status { status: 426, .. } => Some("a 426: this upgrade type is not accepted"),
+        AnswerError::BadSwitch(_) => Some("a 101 that is not what was asked"),
+        AnswerError::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        )
+        .then_some("the connection was closed before the answer"),
+        AnswerError::Status { .. } | AnswerError::Malformed(_) => None,
+    }
+}
+
+/// The other path, and why, when `failure` of `path` is what that path would
+/// explain (PROTOCOL.md section 6): direct TLS closed during the handshake or
+/// answered as a load balancer would; an upgrade whose load balancer turned
+/// out to be no HTTP server (it refused `http/1.1`).
+fn other_path(path: Path, failure: &ClientError) -> Option<(Path, &'static str)> {
+    match (path, failure) {
+        (Path::Direct, ClientError::InnerTls { error, .. })
+            if detect::classify(error).is_some()
+                || matches!(
+                    rustls_error(error),
+                    Some(rustls::Error::NoApplicationProtocol)
+                ) =>
+        {
+            Some((
+                Path::Upgrade(DEFAULT_FRAMING),
+                "an L7 load balancer in the way would explain that",
+            ))
+        }
+        (Path::Upgrade(_), ClientError::NoRoute { .. }) => Some((
+            Path::Direct,
+            "the server refused http/1.1, so it is no HTTP load balancer",
+        )),
+        _ => None,
+    }
+}
+
+/// What a client knows of its path, and why.
+#[derive(Debug, Clone)]
+struct Known {
+    path: Path,
+    why: String,
+    /// Whether it is in the persistent cache as it is.
+    stored: bool,
+}
+
+/// A tunnel as opened: the inner TLS, the path in use (the framing the server
+/// switched to), the path asked for, and why that path.
+struct Opened {
+    tls: InnerTls,
+    in_use: Path,
+    asked: Path,
+    /// Set when the ladder climbed: which framings were refused, and how.
+    climbed: Option<String>,
 }
 
 fn inner_hint(e: &io::Error, path: &Path) -> &'static str {
@@ -370,9 +513,10 @@ pub struct Client {
     alpn: String,
     options: Options,
     configs: Configs,
-    /// The path detection found, kept for the life of this client (cleared
-    /// when the server turns out to have no route for the ALPN).
-    detected: Mutex<Option<Path>>,
+    /// The path detection (or the framing ladder) found, kept for the life of
+    /// this client and in the persistent cache; dropped when a failure
+    /// contradicts it.
+    known: Mutex<Option<Known>>,
 }
 
 /// How a client's path is chosen.
@@ -405,7 +549,7 @@ impl Client {
             alpn: alpn.to_string(),
             options,
             configs: Configs { inner, outer },
-            detected: Mutex::new(None),
+            known: Mutex::new(None),
         })
     }
 
@@ -438,32 +582,251 @@ impl Client {
         }
     }
 
-    fn detected(&self) -> std::sync::MutexGuard<'_, Option<Path>> {
-        self.detected.lock().unwrap_or_else(|p| p.into_inner())
+    fn known(&self) -> std::sync::MutexGuard<'_, Option<Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How this client reaches the router: as configured, or detected once
-    /// for the life of this client.
+    /// The HTTP proxy the server is reached through (without credentials),
+    /// part of the cache's key: what is behind a proxy may differ.
+    pub fn via_proxy(&self) -> Option<String> {
+        self.options.proxy.as_ref().map(|p| p.url.to_string())
+    }
+
+    /// Whether a refused upgrade climbs the [`LADDER`]: in `auto` and
+    /// `always`, never with a framing set.
+    fn climbs(&self) -> bool {
+        matches!(
+            self.options.upgrade,
+            UpgradeMode::Auto | UpgradeMode::Always
+        )
+    }
+
+    /// What the persistent cache holds for this server, if it is on.
+    pub fn cached(&self) -> Option<cache::Entry> {
+        self.options
+            .cache
+            .as_ref()?
+            .get(&self.server, self.via_proxy().as_deref())
+    }
+
+    /// The path known from an earlier tunnel of this client or from the cache.
+    fn recall(&self) -> Option<Known> {
+        if let Some(k) = self.known().clone() {
+            return Some(k);
+        }
+        let entry = self.cached()?;
+        log::info!("{}: {} (cached)", self.server, entry.describe());
+        let k = Known {
+            path: entry.path,
+            why: entry.why,
+            stored: true,
+        };
+        *self.known() = Some(k.clone());
+        Some(k)
+    }
+
+    /// Keeps `path` as the one that works, in memory and in the cache.
+    pub(crate) fn remember(&self, path: Path, why: &str) {
+        let mut known = self.known();
+        if matches!(&*known, Some(k) if k.path == path && k.stored) {
+            return;
+        }
+        *known = Some(Known {
+            path,
+            why: why.to_string(),
+            stored: true,
+        });
+        drop(known);
+        if let Some(cache) = &self.options.cache {
+            cache.put(&self.server, self.via_proxy().as_deref(), path, why);
+        }
+    }
+
+    /// Drops what is known (a failure contradicted it), in memory and in the cache.
+    fn forget(&self) {
+        self.known().take();
+        if let Some(cache) = &self.options.cache {
+            cache.remove(&self.server, self.via_proxy().as_deref());
+        }
+    }
+
+    /// How this client reaches the router: as configured, or as remembered
+    /// or detected (once, then kept for the life of this client).
     pub async fn path(&self) -> Result<Path, ClientError> {
+        self.start().await.map(|(path, _)| path)
+    }
+
+    /// The path to try first, and whether it was remembered (from an earlier
+    /// tunnel or run) rather than found just now.
+    async fn start(&self) -> Result<(Path, bool), ClientError> {
         match self.path_choice() {
-            PathChoice::Fixed(path, _) => Ok(path),
+            PathChoice::Fixed(Path::Upgrade(first), _) if self.climbs() => {
+                Ok(match self.recall() {
+                    Some(Known {
+                        path: Path::Upgrade(f),
+                        ..
+                    }) => (Path::Upgrade(f), true),
+                    _ => (Path::Upgrade(first), false),
+                })
+            }
+            PathChoice::Fixed(path, _) => Ok((path, false)),
             PathChoice::Detect => {
-                if let Some(p) = *self.detected() {
-                    return Ok(p);
+                if let Some(k) = self.recall() {
+                    return Ok((k.path, true));
                 }
-                let found = detect::detect(self).await?;
-                *self.detected() = Some(found);
-                log::info!("{}: {}", self.server, found.describe());
-                Ok(found)
+                let (found, why) = detect::detect(self).await?;
+                *self.known() = Some(Known {
+                    path: found,
+                    why: why.clone(),
+                    stored: false,
+                });
+                log::info!("{}: {} ({why})", self.server, found.describe());
+                Ok((found, false))
             }
         }
     }
 
     /// Opens one tunnel: the stream to the routed service, and the path in use
-    /// (for an upgrade, the framing the server switched to).
+    /// (for an upgrade, the framing the server switched to). In `auto`, a
+    /// refused upgrade climbs the [`LADDER`], and a failure that the other
+    /// path would explain is retried once on that path (PROTOCOL.md section 6).
     pub async fn connect(&self) -> Result<(Box<dyn Io>, Path), ClientError> {
-        let path = self.path().await?;
-        self.open(path).await
+        let (tls, in_use) = self.establish().await?;
+        Ok((Box::new(tls), in_use))
+    }
+
+    async fn establish(&self) -> Result<(InnerTls, Path), ClientError> {
+        let (path, remembered) = self.start().await?;
+        let first = match self.climb(path).await {
+            Ok(opened) => return Ok(self.opened(opened, None)),
+            Err(e) => e,
+        };
+        let detects = self.path_choice() == PathChoice::Detect;
+        let fallback = other_path(path, &first)
+            .filter(|_| detects)
+            // Detection itself just saw the route's ALPN refused; a fresh
+            // "no route" is the answer, not a reason to go back.
+            .filter(|_| remembered || !matches!(first, ClientError::NoRoute { .. }));
+        let Some((other, why)) = fallback else {
+            let contradicted = matches!(first, ClientError::EveryFraming { .. })
+                || (detects && other_path(path, &first).is_some());
+            if remembered && contradicted {
+                log::warn!("{}: {path} failed ({first}): forgetting it", self.server);
+                self.forget();
+            }
+            return Err(first);
+        };
+        log::warn!(
+            "{}: {path} failed ({first}); {why}: trying {other} once",
+            self.server
+        );
+        self.forget();
+        match self.climb(other).await {
+            Ok(opened) => {
+                let why = format!("{path} failed ({why})");
+                Ok(self.opened(opened, Some(why)))
+            }
+            Err(second) => Err(ClientError::BothPaths {
+                first_path: path,
+                first: Box::new(first),
+                second_path: other,
+                second: Box::new(second),
+            }),
+        }
+    }
+
+    /// Records a tunnel that opened: in `auto` (and `always`) the path that
+    /// worked is remembered, with why.
+    fn opened(&self, opened: Opened, fell_back: Option<String>) -> (InnerTls, Path) {
+        let remembers = self.path_choice() == PathChoice::Detect || self.climbs();
+        if remembers {
+            let found = self.known().as_ref().map(|k| k.why.clone());
+            let why = match (fell_back, opened.climbed, found) {
+                (Some(f), Some(c), _) => format!("{f}; {c}"),
+                (Some(f), None, _) => f,
+                (None, Some(c), _) => c,
+                (None, None, Some(found)) => found,
+                (None, None, None) => match opened.asked {
+                    Path::Upgrade(_) => "the first framing of the ladder worked".into(),
+                    Path::Direct => "direct TLS worked".into(),
+                },
+            };
+            self.remember(opened.asked, &why);
+        }
+        (opened.tls, opened.in_use)
+    }
+
+    /// Opens a tunnel along `path`; an upgrade that is refused in a way that
+    /// says "not this framing" tries the next framing of the [`LADDER`] where
+    /// the settings allow it.
+    async fn climb(&self, path: Path) -> Result<Opened, ClientError> {
+        let first = match path {
+            Path::Upgrade(f) if self.climbs() => f,
+            _ => {
+                let (tls, in_use) = self.pipeline(path).await?;
+                return Ok(Opened {
+                    tls,
+                    in_use,
+                    asked: path,
+                    climbed: None,
+                });
+            }
+        };
+        let mut rungs = vec![first];
+        rungs.extend(LADDER.iter().copied().filter(|f| *f != first));
+        let mut refusals: Vec<(Framing, AnswerError)> = Vec::new();
+        for (i, &framing) in rungs.iter().enumerate() {
+            let failure = match self.pipeline(Path::Upgrade(framing)).await {
+                Ok((tls, in_use)) => {
+                    let climbed = (!refusals.is_empty()).then(|| {
+                        let refused: Vec<String> = refusals
+                            .iter()
+                            .map(|(f, e)| format!("{} was refused ({e})", f.name()))
+                            .collect();
+                        format!("{}; {} was accepted", refused.join(", "), framing.name())
+                    });
+                    if let Some(why) = &climbed {
+                        log::info!("{}: chose framing {}: {why}", self.server, framing.name());
+                    }
+                    return Ok(Opened {
+                        tls,
+                        in_use,
+                        asked: Path::Upgrade(framing),
+                        climbed,
+                    });
+                }
+                Err(e) => e,
+            };
+            let Some(reason) = not_this_framing(&failure) else {
+                log::info!(
+                    "{}: upgrade {} failed in a way another framing would not change ({failure}): no other framing is tried",
+                    self.server,
+                    framing.name()
+                );
+                return Err(failure);
+            };
+            let ClientError::Upgrade { error, .. } = failure else {
+                unreachable!("not_this_framing is only ever about upgrade answers")
+            };
+            match rungs.get(i + 1) {
+                Some(next) => log::warn!(
+                    "{}: upgrade {} refused ({error}): {reason}, which says not this framing: trying {}",
+                    self.server,
+                    framing.name(),
+                    next.name()
+                ),
+                None => log::warn!(
+                    "{}: upgrade {} refused ({error}): {reason}; no framing is left",
+                    self.server,
+                    framing.name()
+                ),
+            }
+            refusals.push((framing, error));
+        }
+        Err(ClientError::EveryFraming {
+            url: self.server.to_string(),
+            refusals,
+        })
     }
 
     /// Opens one tunnel along `path`.
@@ -471,7 +834,8 @@ impl Client {
         self.open(path).await.map(|(stream, _)| stream)
     }
 
-    /// Opens one tunnel along `path`; returns it and the path in use.
+    /// Opens one tunnel along exactly `path` (no ladder, no fallback); returns
+    /// it and the path in use.
     pub async fn open(&self, path: Path) -> Result<(Box<dyn Io>, Path), ClientError> {
         let (tls, in_use) = self.pipeline(path).await?;
         Ok((Box::new(tls), in_use))
@@ -624,7 +988,7 @@ impl Client {
                     // balancer; http/1.1 refused the same way says the server is
                     // the router and has no route for it (PROTOCOL.md section 6).
                     if is_no_alpn_alert(&error) && self.path_choice() == PathChoice::Detect {
-                        self.detected().take();
+                        self.known().take();
                         return ClientError::NoRoute {
                             addr: addr.clone(),
                             alpn: self.alpn.clone(),
@@ -731,6 +1095,37 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_refusals_that_say_not_this_framing_climb_the_ladder() {
+        let refused = |error| ClientError::Upgrade {
+            url: "https://lb".into(),
+            asked: "websocket".into(),
+            error,
+        };
+        let status = |status| {
+            refused(AnswerError::Status {
+                status,
+                reason: String::new(),
+                upgrade: None,
+            })
+        };
+        for climbs in [400, 403, 426] {
+            assert!(not_this_framing(&status(climbs)).is_some(), "{climbs}");
+        }
+        for stays in [404, 405, 429, 500, 502, 503] {
+            assert!(not_this_framing(&status(stays)).is_none(), "{stays}");
+        }
+        let closed = io::Error::new(io::ErrorKind::UnexpectedEof, "closed");
+        assert!(not_this_framing(&refused(AnswerError::Io(closed))).is_some());
+        assert!(not_this_framing(&refused(AnswerError::BadSwitch("x".into()))).is_some());
+        let timeout = ClientError::Timeout {
+            step: "the upgrade answer",
+            addr: "lb".into(),
+            after: Duration::from_secs(1),
+        };
+        assert!(not_this_framing(&timeout).is_none());
+    }
 
     #[test]
     fn stream_errors_carry_the_advice() {

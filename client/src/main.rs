@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use alpn_protocol::names::Names;
 use alpn_protocol::names_config::{NamesConfig, SubprotocolTokens, TypeTokens};
+use alpn_tunnel::cache::{self, Cache};
 use alpn_tunnel::pem::{read_cert_key, read_certs};
 use alpn_tunnel::proxy::{self, Credentials};
 use alpn_tunnel::{explain, probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
@@ -21,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 /// load balancer: a local port per service, or one stream on stdin/stdout.
 ///
 /// Whether a load balancer is in the way is detected once per server (a TLS
-/// handshake offering only the service's ALPN); --upgrade or ALPN_TUNNEL_UPGRADE
-/// override it. An HTTP proxy (--proxy, or HTTPS_PROXY and the like, as curl
-/// reads them) carries the outer connection with CONNECT. Run `alpn-tunnel
-/// probe` first when something does not connect.
+/// handshake offering only the service's ALPN) and cached, with the framing
+/// that worked, for --cache-ttl; --upgrade or ALPN_TUNNEL_UPGRADE override it.
+/// An HTTP proxy (--proxy, or HTTPS_PROXY and the like, as curl reads them)
+/// carries the outer connection with CONNECT. Run `alpn-tunnel probe` first
+/// when something does not connect.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -55,6 +57,12 @@ enum Command {
         /// The service's ALPN.
         #[arg(long)]
         alpn: String,
+    },
+    /// Drop cached detection results (all, or one server's), so that the next
+    /// tunnel detects afresh.
+    Forget {
+        /// The server whose entries to drop (as given to --server); default: all.
+        server: Option<String>,
     },
     /// One tunnel on stdin/stdout, e.g. as an SSH ProxyCommand:
     /// ssh -o ProxyCommand='alpn-tunnel connect --server https://%h --alpn ssh' host
@@ -89,8 +97,10 @@ struct Common {
     /// CA file (PEM) that verifies the load balancer; default: the system's roots.
     #[arg(long)]
     outer_ca: Option<PathBuf>,
-    /// auto (detect; an upgrade uses WebSocket), never (direct TLS), always
-    /// (WebSocket), or a framing: websocket (offers subprotocols alpn-ping, then
+    /// auto (detect; an upgrade climbs the ladder websocket, alpn-ping, alpn
+    /// when one is refused as "not this framing", and remembers the one that
+    /// worked), never (direct TLS), always (an upgrade, climbing the same
+    /// ladder), or a framing, which never falls back: websocket (offers subprotocols alpn-ping, then
     /// alpn; the server picks), websocket-ping (offers only alpn-ping),
     /// alpn-ping, or alpn (raw bytes: nothing can ping it, so a quiet tunnel
     /// dies at a load balancer's idle timeout). Logs and probe name the
@@ -121,6 +131,11 @@ struct Common {
     /// Deadline for each network step (connect, each TLS handshake, the upgrade answer).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// How long a detection result (and the framing that worked) is trusted,
+    /// in $XDG_CACHE_HOME/alpn-tunnel/ (else ~/.cache/alpn-tunnel/); a failure
+    /// that contradicts it drops it sooner. 0 turns the cache off.
+    #[arg(long, env = "ALPN_TUNNEL_CACHE_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    cache_ttl: Duration,
     #[command(flatten)]
     names: NameFlags,
 }
@@ -224,6 +239,7 @@ impl Common {
             ping_interval: self.ping_interval,
             bind: self.bind,
             proxy,
+            cache: Cache::user(self.cache_ttl),
             timeouts: Timeouts {
                 connect: self.timeout,
                 tls: self.timeout,
@@ -260,6 +276,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Connect { common, alpn } => connect(&common, &alpn).await,
+            Command::Forget { server } => forget(server.as_deref()),
         }
     });
     // A read of stdin may still be blocked on a thread of its own (a tunnel
@@ -272,6 +289,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn forget(server: Option<&str>) -> anyhow::Result<()> {
+    let Some(dir) = cache::user_dir() else {
+        bail!("no cache directory: neither XDG_CACHE_HOME nor HOME is set");
+    };
+    let server = server
+        .map(ServerUrl::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let forgotten = cache::forget(&dir, server.as_ref())
+        .with_context(|| format!("clearing {}", dir.display()))?;
+    let what = server.map_or_else(|| "any server".to_string(), |s| s.to_string());
+    if forgotten.is_empty() {
+        println!("nothing cached for {what} in {}", dir.display());
+    }
+    for entry in forgotten {
+        println!("forgot {entry}");
+    }
+    Ok(())
 }
 
 async fn connect(common: &Common, alpn: &str) -> anyhow::Result<()> {

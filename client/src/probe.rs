@@ -118,7 +118,9 @@ pub async fn probe(client: &Client) -> Report {
         return report;
     }
 
-    // The same choice a tunnel makes: detection only where a tunnel would detect.
+    cache_step(&mut report, client);
+    // The same choice a tunnel makes: detection only where a tunnel would
+    // detect, and then always afresh, whatever is cached.
     let choice = client.path_choice();
     let path = match choice {
         PathChoice::Fixed(path, why) => {
@@ -151,7 +153,7 @@ pub async fn probe(client: &Client) -> Report {
         // Which framings the server accepts: in auto mode all of them, for
         // advice; a framing that was set (or `always`) is the only one tried.
         let candidates = match client.options.upgrade {
-            UpgradeMode::Auto => vec![
+            UpgradeMode::Auto | UpgradeMode::Always => vec![
                 Framing::WebSocket(Subprotocol::Alpn),
                 Framing::AlpnPing,
                 Framing::Alpn,
@@ -182,9 +184,77 @@ pub async fn probe(client: &Client) -> Report {
         else {
             return report;
         };
-        return inner(report, client, Path::Upgrade(asked)).await;
+        let mut report = inner(report, client, Path::Upgrade(asked)).await;
+        if report.path.is_some() {
+            store_step(
+                &mut report,
+                client,
+                Path::Upgrade(asked),
+                &accepted,
+                preferred,
+            );
+        }
+        return report;
     }
-    inner(report, client, path).await
+    let mut report = inner(report, client, path).await;
+    if report.path.is_some() {
+        store_step(&mut report, client, path, &[], DEFAULT_FRAMING);
+    }
+    report
+}
+
+/// What the cache holds for the server, before the probe detects afresh.
+fn cache_step(report: &mut Report, client: &Client) {
+    let started = Instant::now();
+    let text = match &client.options.cache {
+        None => "off (--cache-ttl 0, or no cache directory)".to_string(),
+        Some(cache) => match client.cached() {
+            Some(entry) => format!(
+                "{} in {}; the probe detects afresh anyway",
+                entry.describe(),
+                cache.dir().display()
+            ),
+            None => format!("nothing cached in {}", cache.dir().display()),
+        },
+    };
+    report.step("cache", started, Ok(text));
+}
+
+/// Stores what the probe found where a tunnel would remember it.
+fn store_step(
+    report: &mut Report,
+    client: &Client,
+    path: Path,
+    accepted: &[(Framing, Framing)],
+    preferred: Framing,
+) {
+    // As a tunnel: `auto` and `always` remember, `never` and a framing set do not.
+    let remembers = matches!(
+        client.options.upgrade,
+        UpgradeMode::Auto | UpgradeMode::Always
+    );
+    let Some(cache) = client.options.cache.as_ref().filter(|_| remembers) else {
+        return;
+    };
+    let why = match path {
+        Path::Upgrade(f) if f != preferred => format!(
+            "the probe: {} was refused, {} accepted",
+            preferred.name(),
+            accepted
+                .iter()
+                .map(|(a, _)| a.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => "the probe opened a tunnel this way".to_string(),
+    };
+    let started = Instant::now();
+    client.remember(path, &why);
+    report.step(
+        "cache",
+        started,
+        Ok(format!("stored {path} in {}", cache.dir().display())),
+    );
 }
 
 /// The first steps: TCP to the server, or to the proxy and then its `CONNECT`

@@ -201,6 +201,19 @@ fn a_client_with_other_names_is_told_so() {
         );
         assert!(out.stdout.is_empty());
     }
+    // In auto, every framing of the ladder is refused the same way, and the
+    // error still says what to check.
+    let out = c.connect("auto", &[], b"never sent");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && log.contains("refused in every framing")
+            && log.contains(
+                "the server takes none of this client's upgrade types, it allows tcp, tcp-ping, ws"
+            )
+            && log.contains("--alpn-token"),
+        "{log}"
+    );
     // The right type token, the wrong subprotocols: the filter says which it takes.
     let out = c.connect("websocket", &["--websocket-token", "ws"], b"never sent");
     let log = String::from_utf8_lossy(&out.stderr);

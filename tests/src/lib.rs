@@ -57,15 +57,22 @@ pub const PROXY_VARIABLES: [&str; 10] = [
     "ALPN_TUNNEL_PROXY_AUTH",
 ];
 
-/// A command for `alpn-tunnel` that reaches the test's servers on loopback as
-/// they are: whatever proxy the machine running the tests uses (for its package
-/// registries, say) is not in the way. A test of proxies sets its own.
+/// `alpn-tunnel` as a test runs it: reaching the test's servers on loopback as
+/// they are, whatever proxy the machine running the tests uses (for its
+/// package registries, say); with its persistent cache off
+/// (`ALPN_TUNNEL_CACHE_TTL=0`) and `XDG_CACHE_HOME` pointed away from the
+/// user's home, so that no test reads or writes the real cache. Tests of
+/// proxies and of the cache set their own.
 pub fn tunnel_command() -> std::process::Command {
-    let mut command = std::process::Command::new(tunnel_bin());
+    let mut c = std::process::Command::new(tunnel_bin());
     for name in PROXY_VARIABLES {
-        command.env_remove(name);
+        c.env_remove(name);
     }
-    command
+    c.env("ALPN_TUNNEL_CACHE_TTL", "0").env(
+        "XDG_CACHE_HOME",
+        std::env::temp_dir().join("alpn-tunnel-tests-without-cache"),
+    );
+    c
 }
 
 /// The filter as Envoy loads it.

@@ -94,6 +94,26 @@ impl LoadBalancer {
 
     /// Starts `kind` in front of `upstream` (Envoy's HTTP listener) with an idle timeout.
     pub fn start(kind: Kind, upstream: SocketAddr, idle: Duration) -> LoadBalancer {
+        Self::start_with_rule(kind, upstream, idle, "")
+    }
+
+    /// nginx as [`LoadBalancer::start`] starts it, with `rule` (nginx
+    /// directives) at the top of its only `location`: a WAF or firewall in
+    /// front, such as `if ($http_upgrade ~* websocket) { return 403; }`.
+    pub fn nginx_with_rule(upstream: SocketAddr, idle: Duration, rule: &str) -> LoadBalancer {
+        Self::start_with_rule(Kind::Nginx, upstream, idle, rule)
+    }
+
+    fn start_with_rule(
+        kind: Kind,
+        upstream: SocketAddr,
+        idle: Duration,
+        rule: &str,
+    ) -> LoadBalancer {
+        assert!(
+            rule.is_empty() || kind == Kind::Nginx,
+            "rules are nginx directives"
+        );
         let idle = format!("{}s", idle.as_secs().max(1));
         if kind == Kind::Envoy {
             let dir = tempfile::tempdir().unwrap();
@@ -138,6 +158,7 @@ impl LoadBalancer {
                             ("/etc/alb/tls/alb.key", cert.key.display().to_string(), 1),
                             ("http://127.0.0.1:8080", format!("http://{upstream}"), 1),
                             ("60s", idle.clone(), 2),
+                            ("location / {", format!("location / {{\n{rule}"), 1),
                         ],
                     );
                     nginx_command(dir, &text)

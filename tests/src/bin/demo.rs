@@ -121,7 +121,9 @@ fn main() {
             .arg(dir.join("router-ca.pem"))
             .arg("--outer-ca")
             .arg(&lb.cert.pem)
-            .env_remove("ALPN_TUNNEL_UPGRADE");
+            .env_remove("ALPN_TUNNEL_UPGRADE")
+            // The demo's detection cache stays with its files, not the user's.
+            .env("XDG_CACHE_HOME", dir.join("cache"));
     };
 
     heading("1. What the client finds: alpn-tunnel probe (the first thing to run when something does not connect)");
