@@ -3,6 +3,7 @@
 //! through an upgrade, detecting which is needed (PROTOCOL.md section 6).
 //! `alpn-tunnel` is a thin command line over it.
 
+pub mod config_file;
 mod detect;
 mod forward;
 pub mod handshake;
@@ -10,6 +11,7 @@ pub mod pem;
 pub mod probe;
 pub mod server_url;
 pub mod tls;
+pub mod up;
 
 use std::future::Future;
 use std::io;
@@ -28,7 +30,7 @@ use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_protocol::handshake::AnswerError;
 
 pub use detect::Path;
-pub use forward::forward;
+pub use forward::{accept_until, forward};
 pub use handshake::{inner_tls, upgrade};
 pub use server_url::ServerUrl;
 
