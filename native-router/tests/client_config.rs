@@ -394,3 +394,77 @@ fn check_config_summarises_or_names_the_key() {
         "{err}"
     );
 }
+
+/// The supervisor in-process (`alpn_tunnel::up::Forwards`): what a reload
+/// keeps, restarts, stops and starts, and that a kept forward keeps its
+/// listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_apply_changes_only_what_changed() {
+    use alpn_tunnel::config_file::ConfigFile;
+    use alpn_tunnel::up::{Changes, Forwards};
+    let s = setup();
+    let load = |toml: String| {
+        let file = ConfigFile::load(&s.write(&toml)).unwrap();
+        (file.forwards, file.drain)
+    };
+    let (first, drain) = load(format!(
+        "{}{}{}",
+        s.servers(),
+        forward("a", "lb", "echo"),
+        forward("b", "direct", "echo")
+    ));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut set = Forwards::start(&first, drain, shutdown.clone())
+        .await
+        .unwrap();
+    let before = set.addresses();
+    let same = set.apply(&first, drain).await;
+    assert_eq!(same.kept, ["a", "b"]);
+    assert_eq!(set.addresses(), before, "nothing rebinds");
+    let (second, drain) = load(format!(
+        "{}{}{}",
+        s.servers().replace(
+            "timeout = \"5s\"\n\n[servers.lb]",
+            "timeout = \"6s\"\n\n[servers.lb]"
+        ),
+        forward("a", "lb", "echo"),
+        forward("c", "lb", "pg")
+    ));
+    let changes = set.apply(&second, drain).await;
+    assert_eq!(
+        changes,
+        Changes {
+            kept: vec!["a".into()],
+            stopped: vec!["b".into()],
+            started: vec!["c".into()],
+            ..Changes::default()
+        }
+    );
+    let (third, drain) = load(format!(
+        "{}{}{}",
+        s.servers()
+            .replace("upgrade = \"websocket\"", "upgrade = \"alpn-ping\""),
+        forward("a", "lb", "echo"),
+        forward("c", "lb", "pg")
+    ));
+    let changes = set.apply(&third, drain).await;
+    assert_eq!(
+        changes.restarted,
+        ["a", "c"],
+        "a changed server changes its forwards"
+    );
+    let a = set.addresses()[0].1;
+    let mut local = tokio::net::TcpStream::connect(a).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        local.write_all(b"restarted").await.unwrap();
+        let mut back = [0u8; 9];
+        tokio::time::timeout(DEADLINE, local.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back, b"restarted");
+    }
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, set.wait()).await.unwrap();
+}
