@@ -21,11 +21,27 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 /// by `client`. When `shutdown` is cancelled it stops accepting, every
 /// connection ends its tunnel, and it returns once no connection task is left.
 pub async fn forward(listener: TcpListener, client: Client, shutdown: CancellationToken) {
+    accept_until(listener, client, shutdown.clone(), shutdown)
+        .await
+        .wait()
+        .await;
+}
+
+/// [`forward`] with the two ends apart, for a reload that closes a listener
+/// but lets its connections drain: accepts until `stop`, then closes the
+/// listener and returns the (closed) tracker of the connections still open,
+/// each of which ends its tunnel when `cut` is cancelled.
+pub async fn accept_until(
+    listener: TcpListener,
+    client: Client,
+    stop: CancellationToken,
+    cut: CancellationToken,
+) -> TaskTracker {
     let client = Arc::new(client);
     let tasks = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (local, peer) = match accepted {
@@ -33,16 +49,16 @@ pub async fn forward(listener: TcpListener, client: Client, shutdown: Cancellati
             Err(e) => {
                 warn!("{}: accept failed: {e}", client.alpn);
                 tokio::select! {
-                    () = shutdown.cancelled() => break,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 }
             }
         };
-        tasks.spawn(carry(local, peer, client.clone(), shutdown.clone()));
+        tasks.spawn(carry(local, peer, client.clone(), cut.clone()));
     }
     drop(listener);
     tasks.close();
-    tasks.wait().await;
+    tasks
 }
 
 /// One local connection through one tunnel, logged when it ends.

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod cache;
+pub mod config_file;
 mod detect;
 mod forward;
 pub mod handshake;
@@ -26,6 +27,7 @@ pub mod probe;
 pub mod proxy;
 pub mod server_url;
 pub mod tls;
+pub mod up;
 
 use std::future::Future;
 use std::io;
@@ -45,7 +47,7 @@ use alpn_protocol::handshake::AnswerError;
 use alpn_protocol::names::Names;
 
 pub use detect::Path;
-pub use forward::forward;
+pub use forward::{accept_until, forward};
 pub use handshake::{inner_tls, upgrade};
 pub use proxy::{Proxy, ProxyError};
 pub use server_url::ServerUrl;

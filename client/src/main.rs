@@ -10,7 +10,9 @@ use alpn_protocol::names_config::{NamesConfig, SubprotocolTokens, TypeTokens};
 use alpn_tunnel::cache::{self, Cache};
 use alpn_tunnel::pem::{read_cert_key, read_certs};
 use alpn_tunnel::proxy::{self, Credentials};
-use alpn_tunnel::{explain, probe, Client, Options, ServerUrl, Timeouts, UpgradeMode};
+use alpn_tunnel::{
+    config_file, explain, probe, up, Client, Options, ServerUrl, Timeouts, UpgradeMode,
+};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use log::{error, info};
@@ -73,6 +75,43 @@ enum Command {
         #[arg(long)]
         alpn: String,
     },
+    /// Start the forwards of the configuration file (all, or those named),
+    /// each on its own listener. SIGHUP reloads the file: unchanged forwards
+    /// and their connections are untouched, removed or changed ones stop
+    /// listening and their connections drain (up to the file's `drain`), new
+    /// ones start; a bad file is refused and logged. SIGTERM or Ctrl-C stop all.
+    ///
+    /// Example: alpn-tunnel up            (every forward in the default file)
+    ///          alpn-tunnel up --config tunnels.toml postgres redis
+    Up {
+        #[command(flatten)]
+        file: ConfigArg,
+        /// Forwards to start (their `name`, which defaults to the ALPN); default: all.
+        names: Vec<String>,
+    },
+    /// Validate the configuration file (certificates included) and print a
+    /// summary; a bad file is reported with the key that is wrong.
+    CheckConfig {
+        #[command(flatten)]
+        file: ConfigArg,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The configuration file; default: $XDG_CONFIG_HOME/alpn-tunnel/config.toml
+    /// (~/.config/alpn-tunnel/config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match &self.config {
+            Some(p) => Ok(p.clone()),
+            None => Ok(config_file::default_path()?),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -277,6 +316,14 @@ fn main() -> ExitCode {
             }
             Command::Connect { common, alpn } => connect(&common, &alpn).await,
             Command::Forget { server } => forget(server.as_deref()),
+            Command::Up { file, names } => {
+                let (reloads, shutdown) = up::signals().context("installing signal handlers")?;
+                Ok(up::up(&file.path()?, &names, reloads, shutdown).await?)
+            }
+            Command::CheckConfig { file } => {
+                print!("{}", up::check(&file.path()?)?);
+                Ok(())
+            }
         }
     });
     // A read of stdin may still be blocked on a thread of its own (a tunnel

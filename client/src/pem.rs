@@ -8,7 +8,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A certificate chain with its private key.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct CertKey {
     /// The chain, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
