@@ -41,8 +41,8 @@ pub enum UpError {
     Client {
         /// The forward.
         name: String,
-        /// Why.
-        error: ClientError,
+        /// Why (boxed: the error carries a whole proxy answer).
+        error: Box<ClientError>,
     },
     /// A forward's listen address could not be bound.
     #[error("forward {name}: cannot listen on {addr}: {error}")]
@@ -69,7 +69,7 @@ pub fn check(path: &Path) -> Result<ConfigFile, UpError> {
 fn client(f: &Forward) -> Result<Client, UpError> {
     f.client().map_err(|error| UpError::Client {
         name: f.name.clone(),
-        error,
+        error: Box::new(error),
     })
 }
 
