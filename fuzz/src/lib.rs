@@ -233,7 +233,11 @@ pub fn filter_request(data: &[u8]) {
             Verdict::Refuse(r) => {
                 let status = r.kind.status();
                 assert!((400..600).contains(&status), "{status}");
-                assert!(!r.reason.contains('\n'), "a one-line reason: {:?}", r.reason);
+                assert!(
+                    !r.reason.contains('\n'),
+                    "a one-line reason: {:?}",
+                    r.reason
+                );
             }
         }
     }
@@ -300,13 +304,19 @@ pub fn alpn_ping_read(data: &[u8]) {
     } else {
         Role::Client
     };
-    let read_len = input.sizes.first().map_or(8192, |&b| usize::from(b) * 7 + 1);
+    let read_len = input
+        .sizes
+        .first()
+        .map_or(8192, |&b| usize::from(b) * 7 + 1);
     let mut inner = input.chunked();
     let (out, clean) = block_on(async {
         let mut s = AlpnPingStream::for_role(&mut inner, role, None);
         read_all(&mut s, read_len).await
     });
-    assert!(inner.written.is_empty(), "no pings configured: nothing to write");
+    assert!(
+        inner.written.is_empty(),
+        "no pings configured: nothing to write"
+    );
     let (expected, boundary) = alpn_ping_reference(input.stream);
     assert_eq!(out, expected, "the payload bytes");
     assert_eq!(clean, boundary, "a clean end exactly at a frame boundary");
@@ -324,7 +334,10 @@ fn ws_role(flags: u8) -> Role {
 /// Runs our WebSocket reader on the input: what it delivered, whether it ended
 /// cleanly, and what it wrote back (Pongs, Closes).
 fn ws_ours(input: &Input<'_>, role: Role) -> (Vec<u8>, bool, Vec<u8>) {
-    let read_len = input.sizes.first().map_or(8192, |&b| usize::from(b) * 7 + 1);
+    let read_len = input
+        .sizes
+        .first()
+        .map_or(8192, |&b| usize::from(b) * 7 + 1);
     let mut inner = input.chunked();
     let (out, clean) = block_on(async {
         let mut s = WebSocketStream::new(&mut inner, role, None);
@@ -567,7 +580,10 @@ pub fn client_addr(data: &[u8]) {
     };
     let mut lines = text.split('\n');
     let peer = lines.next().and_then(parse_addr);
-    let hops: u32 = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or(1);
+    let hops: u32 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(1);
     let proxies: Vec<_> = lines
         .next()
         .unwrap_or("")

@@ -4,8 +4,11 @@
 use std::fs;
 use std::path::Path;
 
+/// A target's body.
+type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Target)] = &[
     ("router_request", alpn_fuzz::router_request),
     ("filter_request", alpn_fuzz::filter_request),
     ("client_answer", alpn_fuzz::client_answer),
@@ -24,7 +27,12 @@ fn corpora_replay() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let mut dirs: Vec<String> = fs::read_dir(&root)
         .expect("fuzz/corpus")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     dirs.sort();
     let mut names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
