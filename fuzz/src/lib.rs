@@ -149,8 +149,18 @@ pub fn router_request(data: &[u8]) {
     match result {
         Ok(accepted) => {
             assert!(answer.starts_with("HTTP/1.1 101 "), "{answer:?}");
-            assert!(input.stream.ends_with(&accepted.leftover));
-            assert!(accepted.leftover.len() < input.stream.len());
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            let Ok(httparse::Status::Complete(head)) = req.parse(input.stream) else {
+                panic!("accepted a request httparse cannot read whole");
+            };
+            let hosts = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("host"));
+            assert_eq!(hosts.count(), 1, "exactly one Host (RFC 9112 section 3.2)");
+            // The leftover is what was read past the head: the stream goes on with it.
+            assert!(input.stream[head..].starts_with(&accepted.leftover));
         }
         Err(UpgradeError::Refused { status, reason }) => {
             assert!((400..600).contains(&status), "{status}");
@@ -261,8 +271,14 @@ pub fn client_answer(data: &[u8]) {
     let names = Names::default();
     let mut stream = input.chunked();
     if let Ok(switched) = block_on(read_switch(&mut stream, framing, key, &names)) {
-        assert!(input.stream.ends_with(&switched.leftover));
-        assert!(switched.leftover.len() < input.stream.len());
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = resp.parse(input.stream) else {
+            panic!("switched on an answer httparse cannot read whole");
+        };
+        assert_eq!(resp.code, Some(101));
+        // The leftover is what was read past the head: the stream goes on with it.
+        assert!(input.stream[head..].starts_with(&switched.leftover));
         assert_eq!(
             switched.framing.upgrade_type(),
             framing.upgrade_type(),
