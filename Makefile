@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: build test demo bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: build test demo fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -125,6 +125,34 @@ $(COMPOSE_SCHEMA):
 $(COMPOSE_PY_STAMP): $(ENVOY_STAMP)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema pyyaml
 	touch $@
+
+## fuzz: every fuzz target of fuzz/ (cargo-fuzz, libFuzzer) for FUZZ_SECONDS
+## each (make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS="router_request client_answer");
+## installs the nightly toolchain and cargo-fuzz if missing. Not part of make
+## test, which replays the committed corpora on stable. New inputs go to
+## target/fuzz-corpus/<target>, crashes to fuzz/artifacts/<target>, libFuzzer's
+## output to target/fuzz-logs/<target>.log (fuzz/README.md says what to do next).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' fuzz/Cargo.toml | tail -n +2)
+CARGO_FUZZ := $(TOOLS)/bin/cargo-fuzz
+fuzz: rust-setup $(CARGO_FUZZ)
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@# The crates forbid unsafe code: no sanitizer (twice the executions), but
+	@# debug assertions (overflow checks) on.
+	PATH=$(TOOLS)/bin:$$PATH cargo +nightly fuzz build --features libfuzzer -s none -a
+	@mkdir -p target/fuzz-logs
+	@failed=""; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  if PATH=$(TOOLS)/bin:$$PATH cargo +nightly fuzz run --features libfuzzer -s none -a $$t \
+	    target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 > target/fuzz-logs/$$t.log 2>&1; then \
+	    grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units' target/fuzz-logs/$$t.log; \
+	  else tail -n 30 target/fuzz-logs/$$t.log; failed="$$failed $$t"; fi; \
+	done; \
+	test -z "$$failed" || { echo "crashes in:$$failed (inputs in fuzz/artifacts/)"; exit 1; }
+$(CARGO_FUZZ):
+	cargo install --locked --root $(TOOLS) cargo-fuzz
 
 ## bench: the benchmarks against nginx stream, HAProxy and Envoy (release
 ## builds); writes bench/results/latest.json, bench/plots/*.svg, BENCHMARKS.md.

@@ -383,8 +383,14 @@ impl Config {
             path: file.to_path_buf(),
             source,
         })?;
+        Config::parse(&text, file)
+    }
+
+    /// Parses and validates `text` as the contents of `file`: errors name
+    /// `file`, and the certificates it names are read relative to its directory.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig =
-            serde_path_to_error::deserialize(toml::Deserializer::parse(&text).map_err(|e| {
+            serde_path_to_error::deserialize(toml::Deserializer::parse(text).map_err(|e| {
                 ConfigError::Syntax {
                     path: file.to_path_buf(),
                     key: ".".into(),

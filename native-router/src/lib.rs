@@ -47,3 +47,8 @@ pub use config::{
 };
 pub use server::{run, Listeners, Router};
 pub use upgrade::{accept as accept_upgrade, Accepted, UpgradeError};
+
+/// The PROXY v2 encoder, public for the fuzz targets (`fuzz/`) only: not part of
+/// the API.
+#[doc(hidden)]
+pub use proxy_protocol::header as proxy_v2_header;

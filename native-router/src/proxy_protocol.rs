@@ -9,7 +9,7 @@ pub(crate) const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 /// The header for a TCP connection from `client` to `local` (the router's
 /// accepting address). Mixed families are sent as IPv6, IPv4 mapped.
-pub(crate) fn header(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+pub fn header(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     let mut out = Vec::with_capacity(52);
     out.extend_from_slice(&SIGNATURE);
     out.push(0x21); // version 2, command PROXY

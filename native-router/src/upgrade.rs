@@ -170,8 +170,16 @@ pub async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
     }
-    if !header_list.iter().any(|(name, _)| name == "host") {
-        return refuse(stream, 400, "an HTTP/1.1 request needs a Host header", &[]).await;
+    // Exactly one: two Host lines name two targets, and a proxy in front may
+    // have routed by the other one (RFC 9112 section 3.2: answer 400).
+    match header_list
+        .iter()
+        .filter(|(name, _)| name == "host")
+        .count()
+    {
+        0 => return refuse(stream, 400, "an HTTP/1.1 request needs a Host header", &[]).await,
+        1 => {}
+        _ => return refuse(stream, 400, "more than one Host header", &[]).await,
     }
     let request = Request {
         method: req.method.unwrap_or(""),
@@ -330,6 +338,7 @@ mod tests {
             ("GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
             ("GET /connectionupgrade HTTP/1.0\r\nHost: r\r\nConnection: upgrade\r\nUpgrade: alpn\r\n\r\n", 400, "need HTTP/1.1"),
             ("GET /connectionupgrade HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: alpn\r\n\r\n", 400, "needs a Host header"),
+            ("GET /connectionupgrade HTTP/1.1\r\nHost: r\r\nHost: s\r\nConnection: upgrade\r\nUpgrade: alpn\r\n\r\n", 400, "more than one Host header"),
         ] {
             let (result, answer) = exchange(request.as_bytes()).await;
             assert!(matches!(result, Err(UpgradeError::Refused { status: s, .. }) if s == status), "{request:?}: {result:?}");

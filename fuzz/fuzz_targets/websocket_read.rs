@@ -1,0 +1,4 @@
+//! libFuzzer entry for [`alpn_fuzz::websocket_read`].
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| alpn_fuzz::websocket_read(data));
