@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_tunnel::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
-use integration_tests::envoy::{Bootstrap, Envoy};
+use integration_tests::envoy::Envoy;
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
@@ -38,12 +38,7 @@ fn chain() -> Chain {
         a = echo_backend.addr
     );
     let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
-    let envoy = Envoy::start(
-        &Bootstrap::shipped("behind-l7.yaml")
-            .port(8080, 0)
-            .port(9001, router.upgrade.port())
-            .port(8081, 1),
-    );
+    let envoy = support::envoy_in_front(router.upgrade);
     let web = envoy.listener("web");
     let nginx = LoadBalancer::start(Kind::Nginx, web, Duration::from_secs(60));
     Chain {

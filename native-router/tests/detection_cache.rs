@@ -18,7 +18,7 @@ use std::time::Duration;
 use alpn_protocol::framing::Framing;
 use alpn_tunnel::cache::{Cache, DEFAULT_TTL};
 use alpn_tunnel::{Path, ServerUrl};
-use integration_tests::envoy::{Bootstrap, Envoy};
+use integration_tests::envoy::Envoy;
 use integration_tests::load_balancer::LoadBalancer;
 use support::{backend, config, echo, Backend, Pki, RouterProcess};
 
@@ -53,12 +53,7 @@ fn chain() -> Chain {
         echo_backend.addr
     );
     let router = RouterProcess::start(pki.dir.path(), &config(&routes));
-    let envoy = Envoy::start(
-        &Bootstrap::shipped("behind-l7.yaml")
-            .port(8080, 0)
-            .port(9001, router.upgrade.port())
-            .port(8081, 1),
-    );
+    let envoy = support::envoy_in_front(router.upgrade);
     let web = envoy.listener("web");
     let idle = Duration::from_secs(60);
     let lbs = [

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use integration_tests::envoy::{Bootstrap, Envoy};
+use integration_tests::envoy::Envoy;
 use integration_tests::load_balancer::LoadBalancer;
 use support::{backend, config, echo, Backend, Pki, RouterProcess};
 
@@ -49,12 +49,7 @@ fn chain(rules: &[&str]) -> Chain {
         echo_backend.addr
     );
     let router = RouterProcess::start(pki.dir.path(), &config(&routes));
-    let envoy = Envoy::start(
-        &Bootstrap::shipped("behind-l7.yaml")
-            .port(8080, 0)
-            .port(9001, router.upgrade.port())
-            .port(8081, 1),
-    );
+    let envoy = support::envoy_in_front(router.upgrade);
     let web = envoy.listener("web");
     let wafs = rules
         .iter()

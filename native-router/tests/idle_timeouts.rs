@@ -13,7 +13,6 @@ use std::time::Duration;
 use alpn_protocol::framing::{Framed, Framing, Io, Role, Subprotocol};
 use alpn_protocol::websocket::accept_key;
 use alpn_tunnel::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
-use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use support::{backend, config, echo, router_server_config, InProcessRouter, Pki, DEADLINE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -194,12 +193,7 @@ async fn quiet_tunnels_survive_idle_timeouts_in_every_pinging_mode() {
         echo_backend.addr
     );
     let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
-    let envoy = Envoy::start(
-        &Bootstrap::shipped("behind-l7.yaml")
-            .port(8080, 0)
-            .port(9001, router.upgrade.port())
-            .port(8081, 1),
-    );
+    let envoy = support::envoy_in_front(router.upgrade);
     let chain_lb = LoadBalancer::start(Kind::Nginx, envoy.listener("web"), IDLE);
     // Servers that never ping, each behind nginx (3 s idle) directly.
     let router_like = LoadBalancer::start(

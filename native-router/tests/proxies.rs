@@ -13,7 +13,7 @@ use std::time::Duration;
 use alpn_protocol::framing::Framing;
 use alpn_tunnel::proxy;
 use alpn_tunnel::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
-use integration_tests::envoy::{Bootstrap, Envoy};
+use integration_tests::envoy::Envoy;
 use integration_tests::forward_proxy::{ForwardProxy, Settings};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
@@ -38,12 +38,7 @@ fn chain() -> Chain {
         echo_backend.addr
     );
     let router = RouterProcess::start(pki.dir.path(), &config(&routes));
-    let envoy = Envoy::start(
-        &Bootstrap::shipped("behind-l7.yaml")
-            .port(8080, 0)
-            .port(9001, router.upgrade.port())
-            .port(8081, 1),
-    );
+    let envoy = support::envoy_in_front(router.upgrade);
     let web = envoy.listener("web");
     let nginx = LoadBalancer::start(Kind::Nginx, web, Duration::from_secs(60));
     Chain {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_tunnel as client;
 use alpn_tunnel::tls::client_config;
-use integration_tests::envoy::{Bootstrap, Envoy};
+use integration_tests::envoy::Envoy;
 use support::{
     backend, config, proxy_then_echo, proxy_v2, Backend, InProcessRouter, Pki, DEADLINE,
 };
@@ -82,12 +82,7 @@ impl Chain {
                 db.addr
             )),
         );
-        let envoy = Envoy::start(
-            &Bootstrap::shipped("behind-l7.yaml")
-                .port(8080, 0)
-                .port(9001, router.upgrade.port())
-                .port(8081, 1),
-        );
+        let envoy = support::envoy_in_front(router.upgrade);
         Chain {
             pki,
             db,

@@ -656,3 +656,16 @@ pub async fn echo_round_trip(
     written?;
     read
 }
+
+/// Envoy as shipped (`behind-l7.yaml`, the filter included) in front of the
+/// router's upgrade listener `upgrade`, with no web application behind it:
+/// the server side most client tests put a load balancer stand-in in front of.
+pub fn envoy_in_front(upgrade: SocketAddr) -> integration_tests::envoy::Envoy {
+    use integration_tests::envoy::{Bootstrap, Envoy};
+    Envoy::start(
+        &Bootstrap::shipped("behind-l7.yaml")
+            .port(8080, 0)
+            .port(9001, upgrade.port())
+            .port(8081, 1),
+    )
+}
