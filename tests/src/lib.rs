@@ -7,6 +7,7 @@ pub mod databases;
 pub mod envoy;
 pub mod forward_proxy;
 pub mod http;
+pub mod istio;
 pub mod load_balancer;
 pub mod process;
 pub mod stubs;
