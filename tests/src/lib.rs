@@ -10,6 +10,7 @@ pub mod http;
 pub mod istio;
 pub mod load_balancer;
 pub mod process;
+pub mod registry;
 pub mod stubs;
 pub mod tls;
 
