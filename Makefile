@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: k8s-image k8s-istio-refresh k8s-istio-check k8s-istio-tools build test demo fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: k8s-image k8s-image-repro k8s-istio-refresh k8s-istio-check k8s-istio-tools build test demo fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -198,6 +198,22 @@ K8S_IMAGE_DIR := target/oci/alpn-upgrade-filter
 K8S_PY_STAMP := $(VENV)/.k8s-istio-deps
 k8s-image: build
 	python3 deploy/k8s/image/build.py $(WASM) $(K8S_IMAGE_DIR) --tag 0.1.0
+
+## k8s-image-repro: the filter built again from a copy of HEAD in another
+## directory (target/k8s-repro/), compared byte for byte with the one built
+## here: the image digest must not depend on where the checkout is. Not part of
+## make test (a second wasm-release build, about a minute).
+K8S_REPRO := $(ROOT)/target/k8s-repro
+k8s-image-repro: build
+	@git diff --quiet HEAD -- Cargo.toml Cargo.lock protocol filter || { \
+	  echo "commit the filter's changes first: the copy is of HEAD" >&2; exit 1; }
+	rm -rf $(K8S_REPRO)/elsewhere && mkdir -p $(K8S_REPRO)/elsewhere/src
+	git archive HEAD | tar -x -C $(K8S_REPRO)/elsewhere/src
+	cd $(K8S_REPRO)/elsewhere/src && CARGO_TARGET_DIR=$(K8S_REPRO)/target \
+	  cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
+	sha256sum $(WASM) $(K8S_REPRO)/target/wasm32-wasip1/wasm-release/alpn_upgrade_filter.wasm
+	cmp $(WASM) $(K8S_REPRO)/target/wasm32-wasip1/wasm-release/alpn_upgrade_filter.wasm
+	@echo "the same module from $(ROOT) and $(K8S_REPRO)/elsewhere/src"
 
 ## k8s-istio-refresh: after ANY change to the filter's code (or to
 ## envoy/fragment.yaml): rebuild the image and rewrite its digest
