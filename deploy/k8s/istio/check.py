@@ -37,6 +37,7 @@ import kubernetes_validate
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, str(ROOT / "deploy" / "k8s" / "image"))
 import build  # noqa: E402  (deploy/k8s/image/build.py)
 

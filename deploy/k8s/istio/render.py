@@ -26,6 +26,7 @@ import sys
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, str(ROOT / "deploy" / "k8s" / "image"))
 import build  # noqa: E402  (deploy/k8s/image/build.py)
 
