@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: build test demo fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: k8s-image k8s-image-repro k8s-istio-refresh k8s-istio-check k8s-istio-tools build test demo fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -38,8 +38,10 @@ build: rust-setup
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
 ## test: formatting, lints (host and wasm32), unit tests, wasm32 tests (the
-## protocol crate and the filter), integration tests.
-test: setup lint unit wasm-test integration
+## protocol crate and the filter), the Istio manifests offline, integration
+## tests. A change to the filter's code needs `make k8s-istio-refresh` first
+## (the WasmPlugin's sha256 is the digest of the filter's image).
+test: setup lint unit wasm-test k8s-istio-check integration
 
 ## demo: the filter in a real Envoy, with stand-ins for the router and a web app.
 demo: rust-setup envoy services build
@@ -106,7 +108,7 @@ wasm-test: wasm-test-runner
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_TEST_RUNNER) \
 	  $(CARGO_TEST) -p alpn-protocol -p alpn-upgrade-filter --target wasm32-unknown-unknown
 
-integration: build envoy
+integration: build envoy k8s-istio-tools
 	$(CARGO_TEST) -p integration-tests
 
 ## compose-check: deploy/compose/docker-compose.yml against the Compose
@@ -188,6 +190,55 @@ bench-baseline:
 	CARGO_TARGET_DIR=$(BASELINE_DIR)/target cargo build --locked --release \
 	  --manifest-path $(BASELINE_DIR)/src/Cargo.toml -p alpn-router --bin alpn-router
 	$(BASELINE_ROUTER) --version
+
+## k8s-image: the filter as an OCI image (Wasm compat variant, reproducible),
+## written without Docker to the OCI layout target/oci/alpn-upgrade-filter;
+## push it with skopeo (deploy/k8s/istio/README.md).
+K8S_IMAGE_DIR := target/oci/alpn-upgrade-filter
+K8S_PY_STAMP := $(VENV)/.k8s-istio-deps
+k8s-image: build
+	python3 deploy/k8s/image/build.py $(WASM) $(K8S_IMAGE_DIR) --tag 0.1.0
+
+## k8s-image-repro: the filter built again from a copy of HEAD in another
+## directory (target/k8s-repro/), compared byte for byte with the one built
+## here: the image digest must not depend on where the checkout is. Not part of
+## make test (a second wasm-release build, about a minute).
+K8S_REPRO := $(ROOT)/target/k8s-repro
+k8s-image-repro: build
+	@git diff --quiet HEAD -- Cargo.toml Cargo.lock protocol filter || { \
+	  echo "commit the filter's changes first: the copy is of HEAD" >&2; exit 1; }
+	rm -rf $(K8S_REPRO)/elsewhere && mkdir -p $(K8S_REPRO)/elsewhere/src
+	git archive HEAD | tar -x -C $(K8S_REPRO)/elsewhere/src
+	cd $(K8S_REPRO)/elsewhere/src && CARGO_TARGET_DIR=$(K8S_REPRO)/target \
+	  cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
+	sha256sum $(WASM) $(K8S_REPRO)/target/wasm32-wasip1/wasm-release/alpn_upgrade_filter.wasm
+	cmp $(WASM) $(K8S_REPRO)/target/wasm32-wasip1/wasm-release/alpn_upgrade_filter.wasm
+	@echo "the same module from $(ROOT) and $(K8S_REPRO)/elsewhere/src"
+
+## k8s-istio-refresh: after ANY change to the filter's code (or to
+## envoy/fragment.yaml): rebuild the image and rewrite its digest
+## (deploy/k8s/image/digest.txt), the WasmPlugin's sha256 and the EnvoyFilter's
+## generated part; commit them with the change, or make test fails.
+k8s-istio-refresh: build $(K8S_PY_STAMP)
+	$(VENV)/bin/python deploy/k8s/istio/render.py
+
+## k8s-istio-check: the Istio manifests (deploy/k8s/istio/) offline: the CRD
+## schemas of the pinned Istio release and kubernetes-validate, strict; the
+## cross-file invariants; broken copies that must be refused; the digest and
+## the generated parts current (part of make test).
+k8s-istio-check: build k8s-istio-tools
+	$(VENV)/bin/python deploy/k8s/istio/render.py --check
+	$(VENV)/bin/python deploy/k8s/istio/check.py
+
+# What the Istio checks and tests run: Python packages in the venv; skopeo, a
+# registry (Debian's docker-registry) and wasm-objdump (wabt) for tests/filter_image.rs.
+k8s-istio-tools: $(K8S_PY_STAMP)
+	@$(call apt_need,skopeo,skopeo)
+	@$(call apt_need,docker-registry,docker-registry)
+	@$(call apt_need,wasm-objdump,wabt)
+$(K8S_PY_STAMP): $(ENVOY_STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema pyyaml kubernetes-validate==1.37.0
+	touch $@
 
 ## envoy-config: refill the bootstraps in envoy/ from envoy/fragment.yaml.
 envoy-config:

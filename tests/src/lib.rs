@@ -7,8 +7,10 @@ pub mod databases;
 pub mod envoy;
 pub mod forward_proxy;
 pub mod http;
+pub mod istio;
 pub mod load_balancer;
 pub mod process;
+pub mod registry;
 pub mod stubs;
 pub mod tls;
 
