@@ -1,7 +1,8 @@
 //! Faults on the backend's edge of the router, as the client sees them through
 //! the upgrade listener in every framing and through the direct listener: a
-//! backend that resets in the middle of a transfer, one that refuses, one that
-//! never accepts (a full backlog), one that reads slowly while a client pushes
+//! backend that resets in the middle of a transfer, one that takes no byte
+//! (cut at `send_timeout`), one that refuses, one that never accepts (a full
+//! backlog), one that reads slowly while a client pushes
 //! 1 GiB (the real router process: its memory stays flat and the backpressure
 //! reaches the client; then it speeds up and every byte arrives), and one that
 //! closes one half. (`closing.rs` holds the reset after a complete answer and
@@ -146,6 +147,64 @@ async fn a_backend_reset_mid_stream_is_a_prompt_visible_truncation_in_every_fram
     );
 }
 
+/// Accepts and never reads (a stuck backend), holding the connection.
+fn never_reading(conn: TcpStream, _: &Mutex<Vec<Vec<u8>>>) {
+    thread::sleep(DEADLINE);
+    drop(conn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_takes_no_byte_is_cut_off_at_the_send_timeout() {
+    let pki = Pki::new();
+    let stuck = backend(never_reading);
+    let toml = config(&route("stuck", stuck.addr))
+        .replace("[limits]\n", "[limits]\nsend_timeout = \"2s\"\n");
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
+    let mut clients = Vec::new();
+    for f in FRAMINGS {
+        let (s, _) = tunnel(&pki, addr_for(&router, f), f, &["stuck"], None)
+            .await
+            .unwrap();
+        // The client pushes until it cannot, and reads until the end comes.
+        clients.push(tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(s);
+            let send = async {
+                let chunk = vec![9u8; 64 * 1024];
+                while wr.write_all(&chunk).await.is_ok() {}
+                std::future::pending::<()>().await
+            };
+            let ended = timeout(DEADLINE, async {
+                tokio::select! {
+                    r = read_all(&mut rd) => r,
+                    _ = send => unreachable!(),
+                }
+            })
+            .await;
+            (f, ended)
+        }));
+    }
+    for client in clients {
+        let (f, ended) = client.await.unwrap();
+        let (got, end) = ended.unwrap_or_else(|_| panic!("via {}: no end", name(f)));
+        assert_cut(f, end, got.len());
+    }
+    let log = router.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("ended: backend stalled: it took no byte for 2s"))
+        .count();
+    assert_eq!(lines, FRAMINGS.len(), "{log}");
+    let metrics = router.get("/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "alpn_router_tunnels_ended_total{route=\"stuck\",reason=\"backend_stalled\"}"
+        ),
+        Some(FRAMINGS.len() as u64),
+        "{metrics}"
+    );
+}
+
 /// A listener whose backlog is full and that never accepts: connections to it
 /// get no answer (the kernel drops their SYN). The fillers are returned, to
 /// be held.
@@ -255,13 +314,10 @@ async fn a_backend_that_closes_one_half_still_gets_what_the_client_sends() {
         .replace("[limits]\n", "[limits]\nhalf_closed_timeout = \"3s\"\n");
     let router = InProcessRouter::start(pki.dir.path(), &toml);
     let data = integration_tests::payload(1 << 20, 22);
-    // WebSocket has no half-close (a Close ends both directions, README):
-    // the three framings that have one, and the direct port.
-    let half_closing: Vec<_> = FRAMINGS
-        .into_iter()
-        .filter(|f| !matches!(f, Some(Framing::WebSocket(_))))
-        .collect();
-    for &f in &half_closing {
+    // Every framing: the backend's EOF is the inner TLS close_notify (over
+    // WebSocket too, where only a Close would end both directions).
+    let half_closing = FRAMINGS;
+    for f in half_closing {
         let (s, _) = tunnel(&pki, addr_for(&router, f), f, &["half"], None)
             .await
             .unwrap();
@@ -290,8 +346,8 @@ async fn a_backend_that_closes_one_half_still_gets_what_the_client_sends() {
         thread::sleep(Duration::from_millis(20));
     }
     let expected = Sha256::digest(&data).to_vec();
-    for (f, hash) in half_closing.iter().zip(half.seen.lock().unwrap().iter()) {
-        assert_eq!(hash, &expected, "what the backend got, via {}", name(*f));
+    for hash in half.seen.lock().unwrap().iter() {
+        assert_eq!(hash, &expected, "what a backend connection got");
     }
     // A client that reads the EOF and then neither sends nor closes is let go
     // after half_closed_timeout.
