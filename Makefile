@@ -54,6 +54,8 @@ services:
 	@# The load balancers and the real backends of the end-to-end tests and the demo,
 	@# and kill(1), which the tests use to send signals.
 	@$(call apt_need,kill,procps)
+	@# nft: the router's fault tests drop a client's packets to make it vanish without a FIN.
+	@$(call apt_need,nft,nftables)
 	@# Benchmark peers and load generator (also run once, tiny, by make test).
 	@$(call apt_need,wrk,wrk)
 	@ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || $(call apt_install,libnginx-mod-stream)

@@ -255,6 +255,45 @@ pub struct Limits {
     /// this long is closed (a peer that half-closed and went quiet).
     #[serde(with = "humantime_serde")]
     pub half_closed_timeout: Duration,
+    /// A tunnel with bytes for one side that takes none of them for this
+    /// long is cut (a client that stopped reading, a stuck backend), as
+    /// nginx's `send_timeout`: otherwise that side holds the other side's
+    /// connection for ever.
+    #[serde(deserialize_with = "de::nonzero_duration")]
+    pub send_timeout: Duration,
+    /// TCP keepalive on client and backend connections: finds a peer gone
+    /// without a FIN on a quiet tunnel.
+    pub tcp_keepalive: TcpKeepalive,
+    /// `TCP_USER_TIMEOUT` on client and backend connections: bytes sent and
+    /// not acknowledged for this long end the connection (a peer gone while
+    /// bytes were on their way); `0s` leaves the system's (about 15 minutes).
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+}
+
+/// TCP keepalive probes: the first after `time` of silence, then one every
+/// `interval`; `probes` unanswered ones end the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Silence before the first probe.
+    #[serde(deserialize_with = "de::nonzero_duration")]
+    pub time: Duration,
+    /// Between probes.
+    #[serde(deserialize_with = "de::nonzero_duration")]
+    pub interval: Duration,
+    /// Unanswered probes that end the connection.
+    pub probes: u32,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive {
+            time: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            probes: 6,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -268,6 +307,9 @@ impl Default for Limits {
             drain_grace: Duration::from_secs(30),
             close_timeout: Duration::from_secs(30),
             half_closed_timeout: Duration::from_secs(300),
+            send_timeout: Duration::from_secs(60),
+            tcp_keepalive: TcpKeepalive::default(),
+            tcp_user_timeout: Duration::from_secs(120),
         }
     }
 }

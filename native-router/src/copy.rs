@@ -27,6 +27,11 @@ struct Direction {
     need_flush: bool,
     shut_down: bool,
     amt: u64,
+    /// The error that ended this direction came from the writer.
+    write_failed: bool,
+    /// The other direction could not write to the side this one reads from:
+    /// its EOF is the end of a failed side, not passed on as a shutdown.
+    reader_failed: bool,
 }
 
 impl Direction {
@@ -49,7 +54,10 @@ impl Direction {
             // Write out what was read.
             while self.pos < self.cap {
                 let buf = self.buf.as_deref().expect("bytes are held in a buffer");
-                let n = ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+                let n = match ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap])) {
+                    Ok(n) => n,
+                    Err(e) => return self.write_error(e),
+                };
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -57,8 +65,17 @@ impl Direction {
                 self.amt += n as u64;
                 self.need_flush = true;
             }
+            if self.read_done && self.reader_failed {
+                if let Err(e) = ready!(writer.as_mut().poll_flush(cx)) {
+                    return self.write_error(e);
+                }
+                self.buf = None;
+                return Poll::Ready(Ok(self.amt));
+            }
             if self.read_done {
-                ready!(writer.as_mut().poll_shutdown(cx))?;
+                if let Err(e) = ready!(writer.as_mut().poll_shutdown(cx)) {
+                    return self.write_error(e);
+                }
                 self.shut_down = true;
                 self.buf = None;
                 continue;
@@ -81,7 +98,9 @@ impl Direction {
                     // Nothing to read: flush what was written, then give the
                     // buffer back until bytes come again.
                     if self.need_flush {
-                        ready!(writer.as_mut().poll_flush(cx))?;
+                        if let Err(e) = ready!(writer.as_mut().poll_flush(cx)) {
+                            return self.write_error(e);
+                        }
                         self.need_flush = false;
                     }
                     self.buf = None;
@@ -89,6 +108,11 @@ impl Direction {
                 }
             }
         }
+    }
+
+    fn write_error(&mut self, e: io::Error) -> Poll<io::Result<u64>> {
+        self.write_failed = true;
+        Poll::Ready(Err(e))
     }
 
     #[cfg(test)]
@@ -99,7 +123,12 @@ impl Direction {
 
 /// Copies `a` to `b` and `b` to `a` until both directions have ended; returns
 /// the bytes carried each way (a to b, b to a). An error in either direction
-/// ends both.
+/// ends both, with one exception: when a write fails (the side written to
+/// reset), the other direction, which reads from that side, is carried on to
+/// its end, so that what the side sent before its reset still arrives (the
+/// kernel keeps it readable ahead of the reset); its EOF is then not passed
+/// on as a shutdown (the side failed: no clean end), and the first error is
+/// returned.
 pub(crate) async fn bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -107,16 +136,40 @@ where
 {
     let (mut a_to_b, mut b_to_a) = (Direction::default(), Direction::default());
     let (mut done_ab, mut done_ba) = (None, None);
+    let (mut over_ab, mut over_ba) = (false, false);
+    // The first error, and whether a writer reported it.
+    let mut failed: Option<(io::Error, bool)> = None;
     poll_fn(|cx| {
-        if done_ab.is_none() {
+        if !over_ab {
             if let Poll::Ready(r) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
-                done_ab = Some(r?);
+                over_ab = true;
+                match r {
+                    Ok(n) => done_ab = Some(n),
+                    Err(e) => {
+                        b_to_a.reader_failed = a_to_b.write_failed;
+                        failed.get_or_insert((e, a_to_b.write_failed));
+                    }
+                }
             }
         }
-        if done_ba.is_none() {
+        if !over_ba {
             if let Poll::Ready(r) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
-                done_ba = Some(r?);
+                over_ba = true;
+                match r {
+                    Ok(n) => done_ba = Some(n),
+                    Err(e) => {
+                        a_to_b.reader_failed = b_to_a.write_failed;
+                        failed.get_or_insert((e, b_to_a.write_failed));
+                    }
+                }
             }
+        }
+        if let Some((_, write_failed)) = &failed {
+            if *write_failed && !(over_ab && over_ba) {
+                return Poll::Pending; // The other direction reads on.
+            }
+            let (e, _) = failed.take().expect("checked above");
+            return Poll::Ready(Err(e));
         }
         match (done_ab, done_ba) {
             (Some(ab), Some(ba)) => Poll::Ready(Ok((ab, ba))),
@@ -196,5 +249,27 @@ mod tests {
         drop(server);
         client.write_all(b"to nowhere").await.unwrap();
         assert!(bidirectional(&mut a, &mut b).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_what_that_side_sent_still_arrives() {
+        let (mut client, mut a) = duplex(1024);
+        let (mut b, mut server) = duplex(1024);
+        // The server's last words, then it is gone: writes to it fail.
+        server.write_all(b"last words").await.unwrap();
+        drop(server);
+        client.write_all(b"to nowhere").await.unwrap();
+        assert!(bidirectional(&mut a, &mut b).await.is_err());
+        let mut got = [0u8; 10];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"last words");
+        // The failed side's EOF is not passed on: no clean end was seen.
+        let mut more = [0u8; 1];
+        // (A zero timeout polls the read once: an EOF would be there at once.)
+        let read = tokio::time::timeout(std::time::Duration::ZERO, client.read(&mut more)).await;
+        assert!(
+            read.is_err(),
+            "no EOF while the copy's side is open: {read:?}"
+        );
     }
 }

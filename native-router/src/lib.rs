@@ -37,13 +37,15 @@ mod metrics;
 mod proxy_protocol;
 mod route;
 mod server;
+mod sockets;
 mod tls;
 mod tunnel;
 mod upgrade;
 
 pub use commands::{check, serve, Error};
 pub use config::{
-    BackendTls, CertKey, Config, ConfigError, Limits, MetricsListener, Route, UpgradeListener,
+    BackendTls, CertKey, Config, ConfigError, Limits, MetricsListener, Route, TcpKeepalive,
+    UpgradeListener,
 };
 pub use server::{run, Listeners, Router};
 pub use upgrade::{accept as accept_upgrade, Accepted, UpgradeError};

@@ -1,8 +1,9 @@
 //! The router's metrics, served at `/metrics` as OpenMetrics text: connections
 //! by listener/framing/route, refusals, handshake failures by reason, backend
 //! failures, connections turned away, bytes by route and direction (counted as
-//! they pass, so a long tunnel shows its traffic while it runs), active
-//! tunnels, tunnel durations, and tunnels closed at the end of a drain.
+//! they pass, so a long tunnel shows its traffic while it runs), tunnels
+//! ended by route and reason, active tunnels, tunnel durations, and tunnels
+//! closed at the end of a drain.
 //!
 //! Each family has a typed label set; an increment is an atomic add on a
 //! counter found by its labels (a tunnel holds its byte counters, so the bytes
@@ -54,6 +55,13 @@ struct RouteLabels {
     route: String,
 }
 
+/// A route and why a tunnel of it ended (`tunnel::End::reason`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    route: String,
+    reason: &'static str,
+}
+
 /// A route and a direction (`to_backend`, `to_client`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BytesLabels {
@@ -79,6 +87,7 @@ pub(crate) struct Metrics {
     backend_failures: Family<RouteLabels, Counter>,
     turned_away: Family<ReasonLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
+    tunnels_ended: Family<EndLabels, Counter>,
     tunnels_active: Gauge,
     durations: Histogram,
     closed_at_shutdown: Counter,
@@ -100,6 +109,7 @@ impl Default for Metrics {
             backend_failures: Family::default(),
             turned_away: Family::default(),
             bytes: Family::default(),
+            tunnels_ended: Family::default(),
             tunnels_active: Gauge::default(),
             durations: Histogram::new(DURATION_BUCKETS),
             closed_at_shutdown: Counter::default(),
@@ -134,6 +144,11 @@ impl Default for Metrics {
             "alpn_router_bytes",
             "Bytes carried by tunnels, counted as they pass, by route and direction",
             m.bytes.clone(),
+        );
+        r.register(
+            "alpn_router_tunnels_ended",
+            "Tunnels ended, by route and reason (closed, idle, half_closed, client_error, backend_error, client_stalled, backend_stalled, shutdown)",
+            m.tunnels_ended.clone(),
         );
         r.register(
             "alpn_router_tunnels_active",
@@ -210,8 +225,15 @@ impl Metrics {
         }
     }
 
-    /// A tunnel ended after `duration` (its bytes are counted already).
-    pub(crate) fn tunnel_closed(&self, duration: Duration) {
+    /// A tunnel of `route` ended for `reason` after `duration` (its bytes are
+    /// counted already).
+    pub(crate) fn tunnel_closed(&self, route: &str, reason: &'static str, duration: Duration) {
+        self.tunnels_ended
+            .get_or_create(&EndLabels {
+                route: route.to_string(),
+                reason,
+            })
+            .inc();
         self.tunnels_active.dec();
         self.durations.observe(duration.as_secs_f64());
     }
@@ -247,7 +269,7 @@ mod tests {
         let bytes = m.tunnel_opened("postgresql");
         bytes.to_backend.inc_by(10);
         bytes.to_client.inc_by(20);
-        m.tunnel_closed(Duration::from_millis(500));
+        m.tunnel_closed("postgresql", "client_stalled", Duration::from_millis(500));
         m.handshake_failure("direct", "no_route");
         m.refusal(426);
         let text = m.render();
@@ -267,6 +289,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("alpn_router_tunnels_active 0"), "{text}");
+        assert!(
+            text.contains(
+                "alpn_router_tunnels_ended_total{route=\"postgresql\",reason=\"client_stalled\"} 1"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "alpn_router_handshake_failures_total{listener=\"direct\",reason=\"no_route\"} 1"

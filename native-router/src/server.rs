@@ -306,6 +306,9 @@ async fn accept_loop(
             _ = stop.cancelled() => return,
         };
         let _ = socket.set_nodelay(true);
+        if kind != Kind::Metrics {
+            crate::sockets::set_tcp_options(&socket, &router.generation().config.limits);
+        }
         if kind == Kind::Metrics {
             // Its own small cap: past it a request is closed at once, so the
             // metrics listener can never hold descriptors the data path needs.
@@ -639,7 +642,7 @@ async fn serve_tls<S: Finish>(
             generation.tls.backend(hs.route),
             conn.client,
             conn.local,
-            limits.connect_timeout,
+            limits,
         ),
     ) {
         Ok(b) => b,
@@ -658,6 +661,7 @@ async fn serve_tls<S: Finish>(
     let quiet = Quiet {
         idle: route.idle_timeout,
         half_closed: limits.half_closed_timeout,
+        send: limits.send_timeout,
     };
     let outcome = tunnel::pipe(&mut tls, backend, quiet, bytes, &router.closing).await;
     let ending = outcome.end.ending();
@@ -677,7 +681,9 @@ async fn serve_tls<S: Finish>(
     }
     drop(tls);
     let duration = started.elapsed();
-    router.metrics.tunnel_closed(duration);
+    router
+        .metrics
+        .tunnel_closed(&label, outcome.end.reason(), duration);
     info!(
         backend = %route.backend,
         to_backend = outcome.to_backend,

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Route;
+use crate::config::{Limits, Route};
 use crate::metrics::RouteBytes;
 use crate::proxy_protocol;
 use crate::tls::BackendConnector;
@@ -63,14 +63,16 @@ pub(crate) enum DialError {
 
 /// Connects to `route`'s backend for a client at `client` that reached the
 /// router at `local`, with TLS through `tls` when the route has it (the
-/// generation's connector for the route: built once, so sessions resume).
+/// generation's connector for the route: built once, so sessions resume),
+/// within `limits.connect_timeout` and with `limits`' TCP options.
 pub(crate) async fn dial(
     route: &Route,
     tls: Option<&BackendConnector>,
     client: SocketAddr,
     local: SocketAddr,
-    deadline: Duration,
+    limits: &Limits,
 ) -> Result<Box<dyn Io>, DialError> {
+    let deadline = limits.connect_timeout;
     let backend = route.backend.clone();
     let work = async {
         let mut tcp =
@@ -81,6 +83,7 @@ pub(crate) async fn dial(
                     error,
                 })?;
         let _ = tcp.set_nodelay(true);
+        crate::sockets::set_tcp_options(&tcp, limits);
         if route.proxy_protocol {
             tcp.write_all(&proxy_protocol::header(client, local))
                 .await
@@ -244,6 +247,8 @@ pub(crate) enum End {
     HalfClosed(Duration),
     /// A read or write failed (a reset, a TLS or framing error) on this side.
     Error(Side, io::Error),
+    /// This side took none of the bytes waiting for it for this long.
+    Stalled(Side, Duration),
     /// The router shut down and the drain grace period ended first.
     Shutdown,
 }
@@ -252,7 +257,7 @@ impl End {
     /// What the client is told: a failure is not a clean end.
     pub(crate) fn ending(&self) -> Ending {
         match self {
-            End::Error(..) => Ending::Failed,
+            End::Error(..) | End::Stalled(..) => Ending::Failed,
             End::Shutdown => Ending::GoingAway,
             _ => Ending::Clean,
         }
@@ -270,7 +275,28 @@ impl fmt::Display for End {
                 humantime::format_duration(*t)
             ),
             End::Error(side, e) => write!(f, "{side} error: {e}"),
+            End::Stalled(side, t) => write!(
+                f,
+                "{side} stalled: it took no byte for {}",
+                humantime::format_duration(*t)
+            ),
             End::Shutdown => write!(f, "closed by the router: the drain grace period is over"),
+        }
+    }
+}
+
+impl End {
+    /// The reason label of `alpn_router_tunnels_ended`.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Idle(_) => "idle",
+            End::HalfClosed(_) => "half_closed",
+            End::Error(Side::Client, _) => "client_error",
+            End::Error(Side::Backend, _) => "backend_error",
+            End::Stalled(Side::Client, _) => "client_stalled",
+            End::Stalled(Side::Backend, _) => "backend_stalled",
+            End::Shutdown => "shutdown",
         }
     }
 }
@@ -279,9 +305,9 @@ impl fmt::Display for End {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
     /// The client (inner TLS).
-    Client,
+    Client = 0,
     /// The backend.
-    Backend,
+    Backend = 1,
 }
 
 impl fmt::Display for Side {
@@ -300,6 +326,9 @@ pub(crate) struct Quiet {
     pub(crate) idle: Option<Duration>,
     /// One direction ended and no byte came for this long.
     pub(crate) half_closed: Duration,
+    /// A side that takes none of the bytes waiting for it for this long
+    /// ends the tunnel.
+    pub(crate) send: Duration,
 }
 
 /// What a tunnel carried and why it ended.
@@ -314,7 +343,8 @@ pub(crate) struct Outcome {
 }
 
 /// Copies between `client` and `backend` until both directions are done, the
-/// tunnel is quiet for longer than `quiet` allows, an error ends it, or
+/// tunnel is quiet for longer than `quiet` allows, a side takes no byte for
+/// `quiet.send`, an error ends it, or
 /// `closing` is cancelled (the drain grace period is over). The bytes are
 /// added to `bytes` as they pass.
 pub(crate) async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
@@ -350,6 +380,8 @@ pub(crate) async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
             (None, false) => None,
         };
         let deadline = limit.map(|(t, _)| activity.last() + t);
+        // The side stalled longest, if any: its write deadline.
+        let stall = activity.stalled_since();
         tokio::select! {
             result = &mut copy => break match result {
                 Ok(_) => End::Closed,
@@ -358,6 +390,15 @@ pub(crate) async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
             _ = closing.cancelled() => break End::Shutdown,
             // A direction ending changes the limit: look again.
             _ = activity.half_closed_now.notified(), if !half => {}
+            // A write started waiting: its deadline may come first.
+            _ = activity.stalled_now.notified() => {}
+            _ = sleep_until_some(stall.map(|(_, since)| since + quiet.send)) => {
+                if let Some((side, since)) = activity.stalled_since() {
+                    if since + quiet.send <= Instant::now() {
+                        break End::Stalled(side, quiet.send);
+                    }
+                }
+            }
             _ = sleep_until_some(deadline) => {
                 if let Some((t, half)) = limit {
                     if activity.last() + t <= Instant::now() {
@@ -393,6 +434,11 @@ struct Activity {
     half_closed_now: tokio::sync::Notify,
     /// 0: none yet; 1: the client; 2: the backend.
     failed: AtomicU8,
+    /// Per side (client, backend): since when (milliseconds after `start`,
+    /// plus one) a write to it has been waiting for room; 0: none is.
+    stalled: [AtomicU64; 2],
+    /// A write started waiting.
+    stalled_now: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -405,7 +451,37 @@ impl Activity {
             half_closed: AtomicBool::new(false),
             half_closed_now: tokio::sync::Notify::new(),
             failed: AtomicU8::new(0),
+            stalled: [AtomicU64::new(0), AtomicU64::new(0)],
+            stalled_now: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Notes whether a write to `side` is waiting for room (`Pending`) or
+    /// got through.
+    fn writing(&self, side: Side, waiting: bool) {
+        let slot = &self.stalled[side as usize];
+        if !waiting {
+            slot.store(0, Ordering::Relaxed);
+        } else if slot.load(Ordering::Relaxed) == 0 {
+            slot.store(
+                self.start.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+            );
+            self.stalled_now.notify_one();
+        }
+    }
+
+    /// The side whose write has waited longest, and since when.
+    fn stalled_since(&self) -> Option<(Side, Instant)> {
+        [Side::Client, Side::Backend]
+            .into_iter()
+            .filter_map(
+                |side| match self.stalled[side as usize].load(Ordering::Relaxed) {
+                    0 => None,
+                    ms => Some((side, self.start + Duration::from_millis(ms - 1))),
+                },
+            )
+            .min_by_key(|&(_, since)| since)
     }
 
     fn fail(&self, side: Side) {
@@ -462,6 +538,12 @@ impl<S> Metered<S> {
         }
     }
 
+    /// Notes whether a write to this side waits for room, then its error if any.
+    fn written<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        self.activity.writing(self.side(), result.is_pending());
+        self.noted(result)
+    }
+
     /// Notes an error of this side.
     fn noted<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if let Poll::Ready(Err(_)) = &result {
@@ -507,16 +589,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.noted(result)
+        self.written(result)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_flush(cx);
-        self.noted(result)
+        self.written(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.noted(result)
+        self.written(result)
     }
 }

@@ -510,8 +510,19 @@ pub async fn tunnel(
     alpns: &[&str],
     cert: Option<&CertKey>,
 ) -> std::io::Result<(Box<dyn Io>, Option<String>)> {
-    let config = client_config(std::slice::from_ref(&pki.server_ca), alpns, cert).unwrap();
     let tcp = AsyncTcp::connect(addr).await?;
+    tunnel_over(pki, tcp, framing, alpns, cert).await
+}
+
+/// [`tunnel`] over a TCP connection the test made (to know its address).
+pub async fn tunnel_over(
+    pki: &Pki,
+    tcp: AsyncTcp,
+    framing: Option<Framing>,
+    alpns: &[&str],
+    cert: Option<&CertKey>,
+) -> std::io::Result<(Box<dyn Io>, Option<String>)> {
+    let config = client_config(std::slice::from_ref(&pki.server_ca), alpns, cert).unwrap();
     match framing {
         None => {
             let tls = client::inner_tls(tcp, config, "router.test").await?;
