@@ -244,12 +244,20 @@ async fn a_restart_drains_live_tunnels_and_forward_recovers() {
         let (back, _) = local_exchange(local, b"while it is down");
         assert!(back.is_empty(), "{back:?}");
     }
-    let refused = forward
-        .log()
-        .lines()
-        .filter(|l| l.contains("echo: local connection from 127.0.0.1:") && l.contains(" closed: "))
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let closed = |log: String| {
+        log.lines()
+            .filter(|l| l.contains("echo: local connection from 127.0.0.1:"))
+            .filter(|l| l.contains(" closed: "))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    // The forward logs before it closes; the log is read a moment later.
+    let mut refused = closed(forward.log());
+    let waited = Instant::now();
+    while refused.len() < 3 && waited.elapsed() < DEADLINE {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        refused = closed(forward.log());
+    }
     assert_eq!(refused.len(), 3, "{}", forward.log());
     assert!(
         refused
