@@ -182,7 +182,7 @@ impl Envoy {
                 .and_then(|s| s.trim().parse().ok())
             {
                 envoy.admin = addr;
-                if http::get(addr, "/ready").status == 200 {
+                if ready(addr) {
                     return envoy;
                 }
             }
@@ -268,6 +268,23 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether the admin interface at `addr` says Envoy is ready; `false` while
+/// it cannot answer yet: its port is bound (and its address written) before
+/// the server runs, which on a loaded machine can take longer than one
+/// request's deadline.
+fn ready(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = [0u8; 12];
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.1 200")
 }
 
 /// Envoy on `bootstrap` in `dir`; `identity` says which shared memory it uses
