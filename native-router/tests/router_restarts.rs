@@ -157,7 +157,7 @@ async fn a_restart_drains_live_tunnels_and_forward_recovers() {
     let echo_backend = backend(echo);
     let toml = config(&routes(echo_backend.addr)).replace(
         "drain_grace = \"10s\"",
-        "drain_grace = \"4s\"\nclose_timeout = \"5s\"",
+        "drain_grace = \"6s\"\nclose_timeout = \"5s\"",
     );
     let mut first = RouterProcess::start(pki.dir.path(), &toml);
     // The restarted router listens where the first one did.
