@@ -2,9 +2,14 @@
 //! backend's), so the connection cap must fit in the process's limit, or
 //! tunnels are handshaken and then fail for lack of a descriptor. At start the
 //! soft limit is raised to the hard one (systemd's default soft limit is
-//! 1,024); `check` and start warn when the cap still does not fit.
+//! 1,024); `check` and start warn when the cap still does not fit. Out of
+//! descriptors all the same, a [`Spare`] lets the accept loop turn a waiting
+//! connection away at once instead of leaving it in the backlog.
 
 use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
 
@@ -63,4 +68,48 @@ pub(crate) fn warning(config: &Config, available: u64) -> Option<String> {
 
 fn needed_without_tunnels(config: &Config) -> u64 {
     needed(config) - PER_TUNNEL * config.limits.max_connections as u64
+}
+
+/// Whether an accept failed for want of a file descriptor (the process's
+/// limit or the system's).
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
+}
+
+/// Too many open files in the process (Linux and the BSDs alike).
+const EMFILE: i32 = 24;
+/// Too many open files in the system.
+const ENFILE: i32 = 23;
+
+/// One file descriptor (`/dev/null`) held in reserve. Out of descriptors,
+/// a connection waiting in the backlog would wait until one frees up, its
+/// client with it: letting the spare go makes room to accept it and turn it
+/// away at once. The spare is taken back once a descriptor is free again.
+pub(crate) struct Spare(std::sync::Mutex<Option<std::fs::File>>);
+
+impl Spare {
+    pub(crate) fn new() -> Spare {
+        Spare(std::sync::Mutex::new(std::fs::File::open("/dev/null").ok()))
+    }
+
+    /// Lets the spare go and accepts a connection waiting on `listener`, if
+    /// the spare was held and one is waiting.
+    pub(crate) fn accept_with(&self, listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        drop(spare.take()?);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match listener.poll_accept(&mut cx) {
+            std::task::Poll::Ready(Ok(accepted)) => Some(accepted),
+            _ => None,
+        }
+    }
+
+    /// Takes the spare back if it is not held and a descriptor is free.
+    pub(crate) fn restore(&self) {
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.is_none() {
+            *spare = std::fs::File::open("/dev/null").ok();
+        }
+    }
 }

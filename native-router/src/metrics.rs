@@ -137,7 +137,7 @@ impl Default for Metrics {
         );
         r.register(
             "alpn_router_connections_turned_away",
-            "Connections given no place at accept, by listener and reason (cap_full, client_limit)",
+            "Connections given no place at accept, by listener and reason (cap_full, client_limit, no_descriptors)",
             m.turned_away.clone(),
         );
         r.register(
@@ -203,7 +203,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A connection on `listener` given no place: `cap_full` or `client_limit`.
+    /// A connection on `listener` given no place: `cap_full`, `client_limit` or
+    /// `no_descriptors`.
     pub(crate) fn turned_away(&self, listener: &'static str, reason: &'static str) {
         self.turned_away
             .get_or_create(&ReasonLabels { listener, reason })

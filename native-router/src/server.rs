@@ -33,7 +33,7 @@ use tracing::{debug, field, info, warn, Instrument as _, Span};
 use crate::admission::{ClientPlace, Places};
 use crate::config::{Config, Route};
 use crate::cutoffs::{self, Cutoffs};
-use crate::descriptors::REFUSALS_IN_FLIGHT;
+use crate::descriptors::{out_of_descriptors, Spare, REFUSALS_IN_FLIGHT};
 use crate::metrics::Metrics;
 use crate::tls;
 use crate::tunnel::{self, Io, Quiet};
@@ -107,6 +107,8 @@ pub struct Router {
     next_id: AtomicU64,
     metrics: Metrics,
     cutoffs: Cutoffs,
+    /// A descriptor held in reserve, let go when the process is out of them.
+    spare: Spare,
 }
 
 impl Router {
@@ -127,6 +129,7 @@ impl Router {
             next_id: AtomicU64::new(1),
             metrics: Metrics::default(),
             cutoffs: Cutoffs::default(),
+            spare: Spare::new(),
         }))
     }
 
@@ -293,11 +296,33 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     loop {
+        // The spare first: a descriptor that frees up at the limit goes back
+        // to it before a connection can take it.
+        router.spare.restore();
         let (socket, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
+                Err(e) if out_of_descriptors(&e) => {
+                    // The connection would wait in the backlog, its client
+                    // with it, until a descriptor frees up: the spare makes
+                    // room to accept it and turn it away at once.
+                    if let Some((socket, peer)) = router.spare.accept_with(&listener) {
+                        turn_away(&router, kind, socket, peer, Refusal::NoDescriptors);
+                        continue;
+                    }
+                    // The spare is in use: wait for a descriptor, never spin.
+                    router.cutoffs.report("accept failed: out of file descriptors", || {
+                        format!(
+                            "{} listener: accept failed: {e}; waiting for a descriptor to free up",
+                            kind.name()
+                        )
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
+                    // A connection that ended in the backlog and the like:
+                    // pause instead of spinning.
                     warn!("{} listener: accept failed: {e}", kind.name());
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -365,6 +390,8 @@ enum Refusal {
     CapFull,
     /// The client holds this many places already.
     ClientLimit(usize),
+    /// The process is out of file descriptors.
+    NoDescriptors,
 }
 
 /// Answers a connection that gets no place: 503 (cap) or 429 (per-client
@@ -387,6 +414,11 @@ fn turn_away(router: &Arc<Router>, kind: Kind, socket: TcpStream, peer: SocketAd
                 peer.ip().to_canonical()
             ),
         ),
+        Refusal::NoDescriptors => (
+            503,
+            "no_descriptors",
+            "the router is out of file descriptors: try again later".to_string(),
+        ),
     };
     router.metrics.turned_away(kind.name(), label);
     tracing::error_span!("conn", peer = %peer, listener = %kind.name()).in_scope(|| {
@@ -408,7 +440,7 @@ fn turn_away(router: &Arc<Router>, kind: Kind, socket: TcpStream, peer: SocketAd
         let mut socket = tunnel::Lingering::new(socket, Some(slot)).tracked(tasks);
         let retry = [("Retry-After", "1")];
         let headers: &[(&str, &str)] = match why {
-            Refusal::CapFull => &retry,
+            Refusal::CapFull | Refusal::NoDescriptors => &retry,
             Refusal::ClientLimit(_) => &[],
         };
         let _ = timeout(

@@ -2,7 +2,9 @@
 //! `/readyz`; one client address cannot take every place; the metrics listener
 //! has its own cap and a whole-request deadline, so it cannot take the
 //! descriptors the data path needs; the descriptor limit is raised at start and
-//! a cap that cannot fit is reported.
+//! a cap that cannot fit is reported; out of descriptors, a connection is
+//! turned away at once (never left in the backlog), without a busy loop, and
+//! the router serves again once descriptors free up.
 
 mod support;
 
@@ -309,4 +311,168 @@ async fn the_soft_descriptor_limit_is_raised_and_a_cap_that_cannot_fit_is_report
         "{stdout}"
     );
     let _ = http_get(low.metrics, "/healthz").unwrap();
+}
+
+/// CPU ticks (user and system) process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // utime and stime: fields 14 and 15 of stat(5), 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Open file descriptors of process `pid`.
+fn descriptors(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64
+}
+
+/// A direct tunnel shown to carry bytes.
+async fn echo_tunnel(
+    pki: &Pki,
+    direct: SocketAddr,
+) -> std::io::Result<Box<dyn alpn_protocol::framing::Io>> {
+    let (mut s, _) = tunnel(pki, direct, None, &["redis"], None).await?;
+    s.write_all(b"ping").await?;
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await?;
+    Ok(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_refusals_are_prompt_and_clear_and_the_router_recovers() {
+    let pki = Pki::new();
+    let echo_backend = backend(echo);
+    // The default cap (10,000) cannot fit in 64 descriptors: the router runs
+    // out of descriptors long before its cap is full, as a router whose limit
+    // is shared with something else would.
+    let toml = config(&routes(echo_backend.addr));
+    let mut router = RouterProcess::start_limited(pki.dir.path(), &toml, Some("-n 64"));
+    router.wait_for("needs about");
+
+    // Tunnels until the descriptors are gone: the last ones may be refused
+    // at accept or fail at the dial to the backend.
+    let mut held = Vec::new();
+    loop {
+        let opened = timeout(DEADLINE, echo_tunnel(&pki, router.direct))
+            .await
+            .expect("a tunnel or a refusal, promptly, never a hang");
+        match opened {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+        assert!(
+            held.len() < 64,
+            "64 descriptors held {} tunnels",
+            held.len()
+        );
+    }
+    assert!(held.len() > 5, "only {} tunnels", held.len());
+    // A descriptor or two may be left, too few for a tunnel (the dial to
+    // the backend needs one more): upgrades that wait for their tunnel take
+    // them, until one is refused.
+    let upgrade = router.upgrade;
+    let (mut waiting, first) = tokio::task::spawn_blocking(move || {
+        let mut waiting = Vec::new();
+        loop {
+            let (answer, s) = raw_upgrade(upgrade, None);
+            if !answer.starts_with("HTTP/1.1 101 ") || waiting.len() == 10 {
+                return (waiting, answer);
+            }
+            waiting.push(s);
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        waiting.len() < 10,
+        "ten upgrades took no descriptor ({} open):\n{}",
+        descriptors(router.pid()),
+        router.log()
+    );
+
+    // At the limit: an upgrade is answered at once with a reason, a direct
+    // connection is closed at once (TLS has no way to say why).
+    let ticks = cpu_ticks(router.pid());
+    let mut answers = tokio::task::spawn_blocking(move || {
+        (0..19)
+            .map(|_| raw_upgrade(upgrade, None).0)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    answers.push(first);
+    for answer in &answers {
+        assert!(
+            answer.starts_with("HTTP/1.1 503 ") && answer.contains("out of file descriptors"),
+            "{answer}"
+        );
+    }
+    // Refused at accept (a close during the handshake) or, if a refusal
+    // above has just given its descriptor back, at the dial to the backend
+    // (a truncation): an error either way.
+    let direct = timeout(DEADLINE, echo_tunnel(&pki, router.direct))
+        .await
+        .expect("the direct port answers at once, never a hang");
+    assert!(direct.is_err(), "a direct tunnel with no descriptor left");
+    // Pending connections, nobody to serve them: the accept loop must wait,
+    // not spin on EMFILE.
+    waiting.extend((0..5).map(|_| TcpStream::connect(router.direct).unwrap()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(router.pid()) - ticks;
+    assert!(
+        spent < 100,
+        "the router used {spent} ticks of CPU at the descriptor limit"
+    );
+    let line = router.wait_for("out of file descriptors");
+    assert!(
+        line.contains("direct") || line.contains("upgrade"),
+        "{line}"
+    );
+    let log = router.log();
+    let lines = log
+        .lines()
+        .filter(|l| !l.contains(" DEBUG "))
+        .filter(|l| l.contains("out of file descriptors") || l.contains("accept failed"))
+        .count();
+    assert!(
+        lines <= 20,
+        "{lines} lines for 26 connections refused at the limit:\n{log}"
+    );
+    drop(waiting);
+
+    // Descriptors free up: the router serves again.
+    let before = descriptors(router.pid());
+    drop(held);
+    let started = Instant::now();
+    while descriptors(router.pid()) + 10 > before {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the tunnels' descriptors stay"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for f in [None, Some(Framing::WebSocket(Subprotocol::AlpnPing))] {
+        let addr = if f.is_some() {
+            router.upgrade
+        } else {
+            router.direct
+        };
+        let (mut s, alpn) = tunnel(&pki, addr, f, &["redis"], None)
+            .await
+            .expect("a tunnel once descriptors are free");
+        assert_eq!(alpn.as_deref(), Some("redis"));
+        s.write_all(b"again").await.unwrap();
+        let mut back = [0u8; 5];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"again");
+    } // Counted, once the metrics listener has a descriptor to answer with.
+    let metrics = router.get("/metrics");
+    assert!(
+        metrics.contains(
+            "alpn_router_connections_turned_away_total{listener=\"upgrade\",reason=\"no_descriptors\"} 20"
+        ),
+        "{metrics}"
+    );
 }

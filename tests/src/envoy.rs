@@ -103,6 +103,8 @@ pub struct Envoy {
     /// The admin interface.
     pub admin: SocketAddr,
     dir: tempfile::TempDir,
+    /// Its hot restart epoch (0 when started on its own).
+    epoch: u32,
 }
 
 impl Envoy {
@@ -113,15 +115,60 @@ impl Envoy {
 
     /// Starts Envoy on `bootstrap` (admin on port 0) and waits until it serves.
     pub fn start(bootstrap: &Bootstrap) -> Envoy {
-        let bootstrap = bootstrap.clone().admin_on_port_zero();
         let dir = tempfile::tempdir().expect("temporary directory");
-        let child = spawn(&bootstrap, dir.path(), &[]);
+        let base_id = dir.path().join("base-id");
+        let identity = [
+            "--use-dynamic-base-id".into(),
+            "--base-id-path".into(),
+            base_id.display().to_string(),
+        ];
+        Self::serve(bootstrap, dir, &identity, 0)
+    }
+
+    /// Envoy's graceful restart (hot restart): starts the next epoch on
+    /// `bootstrap`, which takes over this one's listening sockets (so the
+    /// bootstrap must name the ports this one bound, not port 0), and waits
+    /// until it serves. This one then drains its listeners for `drain` and
+    /// exits after `parent_shutdown`; its live connections go on until then.
+    pub fn hot_restart(
+        &self,
+        bootstrap: &Bootstrap,
+        drain: Duration,
+        parent_shutdown: Duration,
+    ) -> Envoy {
+        let base_id = fs::read_to_string(self.dir.path().join("base-id"))
+            .expect("the first epoch wrote its base id");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let identity = [
+            "--base-id".into(),
+            base_id.trim().to_string(),
+            "--restart-epoch".into(),
+            (self.epoch + 1).to_string(),
+            "--drain-time-s".into(),
+            drain.as_secs().to_string(),
+            "--parent-shutdown-time-s".into(),
+            parent_shutdown.as_secs().to_string(),
+        ];
+        // The next epoch finds the base id where a later one looks for it.
+        fs::write(dir.path().join("base-id"), &base_id).expect("write the base id");
+        Self::serve(bootstrap, dir, &identity, self.epoch + 1)
+    }
+
+    fn serve(
+        bootstrap: &Bootstrap,
+        dir: tempfile::TempDir,
+        identity: &[String],
+        epoch: u32,
+    ) -> Envoy {
+        let bootstrap = bootstrap.clone().admin_on_port_zero();
+        let child = spawn(&bootstrap, dir.path(), identity, &[]);
         let admin_file = dir.path().join("admin.txt");
         let started = Instant::now();
         let mut envoy = Envoy {
             child,
             admin: "127.0.0.1:1".parse().unwrap(),
             dir,
+            epoch,
         };
         loop {
             if let Some(status) = envoy.child.try_wait().expect("poll envoy") {
@@ -135,7 +182,7 @@ impl Envoy {
                 .and_then(|s| s.trim().parse().ok())
             {
                 envoy.admin = addr;
-                if http::get(addr, "/ready").status == 200 {
+                if ready(addr) {
                     return envoy;
                 }
             }
@@ -148,11 +195,28 @@ impl Envoy {
         }
     }
 
+    /// Stops Envoy with SIGTERM (it exits at once, cutting its connections)
+    /// and waits for it to exit.
+    pub fn terminate(&mut self) {
+        crate::process::stop(&mut self.child, "TERM", Duration::from_secs(20));
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Runs Envoy on `bootstrap` with `extra` arguments until it exits by itself
     /// (a refused configuration, or `--mode validate`); returns status and log.
     pub fn run_to_exit(bootstrap: &Bootstrap, extra: &[&str]) -> (ExitStatus, String) {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut child = spawn(&bootstrap.clone().admin_on_port_zero(), dir.path(), extra);
+        let identity = ["--use-dynamic-base-id".to_string()];
+        let mut child = spawn(
+            &bootstrap.clone().admin_on_port_zero(),
+            dir.path(),
+            &identity,
+            extra,
+        );
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("poll envoy") {
@@ -206,13 +270,32 @@ impl Drop for Envoy {
     }
 }
 
-fn spawn(bootstrap: &Bootstrap, dir: &Path, extra: &[&str]) -> Child {
+/// Whether the admin interface at `addr` says Envoy is ready; `false` while
+/// it cannot answer yet: its port is bound (and its address written) before
+/// the server runs, which on a loaded machine can take longer than one
+/// request's deadline.
+fn ready(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = [0u8; 12];
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.1 200")
+}
+
+/// Envoy on `bootstrap` in `dir`; `identity` says which shared memory it uses
+/// (`--use-dynamic-base-id`, or a base id and restart epoch for a hot restart).
+fn spawn(bootstrap: &Bootstrap, dir: &Path, identity: &[String], extra: &[&str]) -> Child {
     let config = bootstrap.write(dir);
     Command::new(crate::envoy_bin())
         .arg("-c")
         .arg(&config)
+        .args(identity)
         .args([
-            "--use-dynamic-base-id",
             "--concurrency",
             "2",
             "-l",

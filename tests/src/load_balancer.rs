@@ -55,7 +55,7 @@ pub struct LoadBalancer {
     pub addr: SocketAddr,
     /// Its certificate (clients pass it as the load balancer's CA).
     pub cert: ServerCert,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A configuration file from `deploy/load-balancers/` with values replaced;
@@ -89,6 +89,79 @@ impl LoadBalancer {
         match &self.process {
             Process::Child(child) => Some(child.id()),
             Process::Envoy { .. } => None,
+        }
+    }
+
+    /// nginx's reload (`nginx -s reload` sends its master SIGHUP): new workers
+    /// take the configuration, the old ones finish their live connections.
+    /// Returns once a new worker has started.
+    pub fn reload(&self) {
+        assert_eq!(self.kind, Kind::Nginx, "reload is nginx's");
+        let log = self.dir.path().join("nginx-error.log");
+        let started = |log: &Path| {
+            fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches("start worker process")
+                .count()
+        };
+        let before = started(&log);
+        let ok = Command::new(binary(&["/usr/sbin/nginx"], "nginx"))
+            .arg("-c")
+            .arg(self.dir.path().join("nginx.conf"))
+            .arg("-p")
+            .arg(self.dir.path())
+            .args(["-s", "reload"])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "nginx -s reload failed");
+        let since = Instant::now();
+        while started(&log) <= before {
+            assert!(
+                since.elapsed() < crate::process::DEADLINE,
+                "nginx started no new worker:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops nginx (SIGTERM: a fast shutdown, which closes every connection),
+    /// then starts it again on the same port and configuration; returns once
+    /// it accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stops nginx (SIGTERM: a fast shutdown, which closes every connection).
+    pub fn stop(&mut self) {
+        assert_eq!(self.kind, Kind::Nginx, "restarts are nginx's");
+        if let Process::Child(child) = &mut self.process {
+            crate::process::stop(child, "TERM", Duration::from_secs(10));
+        }
+    }
+
+    /// Starts a stopped nginx again on the same port and configuration;
+    /// returns once it accepts connections.
+    pub fn start_again(&mut self) {
+        assert_eq!(self.kind, Kind::Nginx, "restarts are nginx's");
+        let conf = fs::read_to_string(self.dir.path().join("nginx.conf")).unwrap();
+        let log = fs::File::create(self.dir.path().join("stderr.log")).unwrap();
+        let child = nginx_command(self.dir.path(), &conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nginx");
+        self.process = Process::Child(child);
+        let since = Instant::now();
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(
+                since.elapsed() < crate::process::DEADLINE,
+                "nginx did not listen again on {}",
+                self.addr
+            );
+            thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -141,7 +214,7 @@ impl LoadBalancer {
                 kind,
                 addr,
                 cert,
-                _dir: dir,
+                dir,
             };
         }
         let (child, addr, cert, dir) = spawn_on_free_port(kind.name(), |port, dir, cert| {
@@ -188,7 +261,7 @@ impl LoadBalancer {
             kind,
             addr,
             cert,
-            _dir: dir,
+            dir,
         }
     }
 }

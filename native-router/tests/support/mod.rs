@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -672,11 +674,14 @@ pub async fn echo_round_trip(
 /// router's upgrade listener `upgrade`, with no web application behind it:
 /// the server side most client tests put a load balancer stand-in in front of.
 pub fn envoy_in_front(upgrade: SocketAddr) -> integration_tests::envoy::Envoy {
-    use integration_tests::envoy::{Bootstrap, Envoy};
-    Envoy::start(
-        &Bootstrap::shipped("behind-l7.yaml")
-            .port(8080, 0)
-            .port(9001, upgrade.port())
-            .port(8081, 1),
-    )
+    integration_tests::envoy::Envoy::start(&envoy_bootstrap(upgrade, 0))
+}
+
+/// The bootstrap [`envoy_in_front`] starts, its `web` listener on port `web`
+/// (0 for any; the bound port again for a restart in its place).
+pub fn envoy_bootstrap(upgrade: SocketAddr, web: u16) -> integration_tests::envoy::Bootstrap {
+    integration_tests::envoy::Bootstrap::shipped("behind-l7.yaml")
+        .port(8080, web)
+        .port(9001, upgrade.port())
+        .port(8081, 1)
 }
