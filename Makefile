@@ -127,12 +127,16 @@ $(COMPOSE_PY_STAMP): $(ENVOY_STAMP)
 	touch $@
 
 ## fuzz: every fuzz target of fuzz/ (cargo-fuzz, libFuzzer) for FUZZ_SECONDS
-## each (make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS="router_request client_answer");
+## each (make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS="router_request client_answer"),
+## or to FUZZ_RUNS executions each (make fuzz FUZZ_RUNS=10000000: no time
+## bound unless FUZZ_SECONDS is given too, then whichever comes first);
 ## installs the nightly toolchain and cargo-fuzz if missing. Not part of make
 ## test, which replays the committed corpora on stable. New inputs go to
 ## target/fuzz-corpus/<target>, crashes to fuzz/artifacts/<target>, libFuzzer's
 ## output to target/fuzz-logs/<target>.log (fuzz/README.md says what to do next).
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
+FUZZ_BOUND := $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS)$(if $(filter command line environment,$(origin FUZZ_SECONDS)), -max_total_time=$(FUZZ_SECONDS)),-max_total_time=$(FUZZ_SECONDS))
 FUZZ_TARGETS ?= $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' fuzz/Cargo.toml | tail -n +2)
 CARGO_FUZZ := $(TOOLS)/bin/cargo-fuzz
 fuzz: rust-setup $(CARGO_FUZZ)
@@ -143,10 +147,10 @@ fuzz: rust-setup $(CARGO_FUZZ)
 	@mkdir -p target/fuzz-logs
 	@failed=""; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p target/fuzz-corpus/$$t; \
-	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  echo "fuzzing $$t ($(FUZZ_BOUND))"; \
 	  if PATH=$(TOOLS)/bin:$$PATH cargo +nightly fuzz run --features libfuzzer -s none -a $$t \
 	    target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
-	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 > target/fuzz-logs/$$t.log 2>&1; then \
+	    $(FUZZ_BOUND) -print_final_stats=1 > target/fuzz-logs/$$t.log 2>&1; then \
 	    grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units' target/fuzz-logs/$$t.log; \
 	  else tail -n 30 target/fuzz-logs/$$t.log; failed="$$failed $$t"; fi; \
 	done; \
