@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: k8s-image k8s-image-repro k8s-istio-refresh k8s-istio-check k8s-istio-tools build test demo fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: k8s-image k8s-image-repro k8s-istio-refresh k8s-istio-check k8s-istio-tools build test demo fuzz soak bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -131,12 +131,16 @@ $(COMPOSE_PY_STAMP): $(ENVOY_STAMP)
 	touch $@
 
 ## fuzz: every fuzz target of fuzz/ (cargo-fuzz, libFuzzer) for FUZZ_SECONDS
-## each (make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS="router_request client_answer");
+## each (make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS="router_request client_answer"),
+## or to FUZZ_RUNS executions each (make fuzz FUZZ_RUNS=10000000: no time
+## bound unless FUZZ_SECONDS is given too, then whichever comes first);
 ## installs the nightly toolchain and cargo-fuzz if missing. Not part of make
 ## test, which replays the committed corpora on stable. New inputs go to
 ## target/fuzz-corpus/<target>, crashes to fuzz/artifacts/<target>, libFuzzer's
 ## output to target/fuzz-logs/<target>.log (fuzz/README.md says what to do next).
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
+FUZZ_BOUND := $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS)$(if $(filter command line environment,$(origin FUZZ_SECONDS)), -max_total_time=$(FUZZ_SECONDS)),-max_total_time=$(FUZZ_SECONDS))
 FUZZ_TARGETS ?= $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' fuzz/Cargo.toml | tail -n +2)
 CARGO_FUZZ := $(TOOLS)/bin/cargo-fuzz
 fuzz: rust-setup $(CARGO_FUZZ)
@@ -147,16 +151,27 @@ fuzz: rust-setup $(CARGO_FUZZ)
 	@mkdir -p target/fuzz-logs
 	@failed=""; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p target/fuzz-corpus/$$t; \
-	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  echo "fuzzing $$t ($(FUZZ_BOUND))"; \
 	  if PATH=$(TOOLS)/bin:$$PATH cargo +nightly fuzz run --features libfuzzer -s none -a $$t \
 	    target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
-	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 > target/fuzz-logs/$$t.log 2>&1; then \
+	    $(FUZZ_BOUND) -print_final_stats=1 > target/fuzz-logs/$$t.log 2>&1; then \
 	    grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units' target/fuzz-logs/$$t.log; \
 	  else tail -n 30 target/fuzz-logs/$$t.log; failed="$$failed $$t"; fi; \
 	done; \
 	test -z "$$failed" || { echo "crashes in:$$failed (inputs in fuzz/artifacts/)"; exit 1; }
 $(CARGO_FUZZ):
 	cargo install --locked --root $(TOOLS) cargo-fuzz
+
+## soak: 1,000 concurrent tunnels of 10 MiB each way, then 200 of 100 MiB,
+## through nginx (as an ALB), Envoy with the filter and the router (release
+## build), every framing and the direct port, SHA-256 checked at both ends;
+## the router's memory and descriptors sampled. Minutes; not part of make test.
+## Prints the figures and writes SOAK.md (SOAK_PHASES="1000x10,200x100" sets
+## the phases, SOAK_REPORT the report's path). Fails on any corrupt or lost
+## tunnel, or descriptors the router does not give back.
+soak: rust-setup envoy services
+	cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
+	cargo test --locked --release -p alpn-router --test soak
 
 ## bench: the benchmarks against nginx stream, HAProxy and Envoy (release
 ## builds); writes bench/results/latest.json, bench/plots/*.svg, BENCHMARKS.md.

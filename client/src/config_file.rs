@@ -296,11 +296,17 @@ impl ConfigFile {
             path: file.to_path_buf(),
             error,
         })?;
+        ConfigFile::parse(&text, file)
+    }
+
+    /// Parses and validates `text` as the contents of `file`: the files it
+    /// names are read relative to `file`'s directory, and errors name `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<ConfigFile, ConfigFileError> {
         let ctx = Ctx {
             file,
             dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
-        let document = toml::Deserializer::parse(&text)
+        let document = toml::Deserializer::parse(text)
             .map_err(|e| ctx.error(".", e.to_string().trim().to_string()))?;
         let raw: RawFile = serde_path_to_error::deserialize(document)
             .map_err(|e| ctx.error(e.path().to_string(), e.inner().message().trim()))?;

@@ -213,6 +213,49 @@ write("router_config", [
     '[upgrade]\nlisten = "nope"\n',
 ])
 
+# The client's configuration file: the shipped example (its files renamed to
+# the fixture's cert.pem, key.pem, ca.pem) and the cases of the client's tests.
+EXAMPLE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                            "client", "alpn-tunnel.example.toml")).read()
+EXAMPLE = (EXAMPLE.replace('"router-ca.pem"', '"ca.pem"')
+           .replace('"client.pem"', '"cert.pem"').replace('"client.key"', '"key.pem"'))
+SERVER = '[servers.db]\nurl = "https://db.example.com"\n'
+
+
+def fwd(server, alpn, listen):
+    return f'[[forward]]\nserver = "{server}"\nalpn = "{alpn}"\nlisten = "{listen}"\n'
+
+
+write("client_config", [
+    EXAMPLE,
+    SERVER + fwd("db", "pg", "127.0.0.1:5432") + fwd("db", "redis", "127.0.0.1:0"),
+    SERVER + "colour = 1\n",
+    SERVER + 'ca = "missing.pem"\n',
+    SERVER + 'cert = "cert.pem"\n',
+    SERVER + 'key = "key.pem"\n',
+    SERVER + 'upgrade = "sometimes"\n',
+    SERVER + 'timeout = "0s"\n',
+    '[servers.db]\nurl = "ftp://db"\n',
+    'drain = "soon"\n',
+    SERVER + fwd("web", "pg", "127.0.0.1:1"),
+    SERVER + fwd("db", "pg", "127.0.0.1:1") + fwd("db", "x", "localhost:1"),
+    SERVER + fwd("db", "pg", "127.0.0.1:1") + fwd("db", "pg", "127.0.0.1:2"),
+    SERVER + fwd("db", "a", "127.0.0.1:0") + fwd("db", "b", "127.0.0.1:0")
+    + fwd("db", "c", "127.0.0.1:7") + fwd("db", "d", "0.0.0.0:7"),
+    '[[forward]]\nserver = "db"\nalpn = "pg"\nlisten = "127.0.0.1:1"\nport = 2\n',
+    SERVER + 'proxy = "socks5://p:1080"\n',
+    SERVER + 'proxy = "http://proxy.example.com:3128"\n' + fwd("db", "pg", "127.0.0.1:0"),
+    SERVER + 'proxy = "none"\n' + fwd("db", "pg", "127.0.0.1:0"),
+    SERVER + 'names = { type_tokens = { alpn = "tcp" }, duplicate_upgrade_header = "x-t" }\n'
+    + fwd("db", "pg", "127.0.0.1:0"),
+    SERVER + 'names = { type_tokens = { websocket = "alpn" } }\n',
+    SERVER + 'names = { upgrade_paths = ["/x"] }\n',
+    SERVER + 'sni = "router.test"\nca = "ca.pem"\ncert = "cert.pem"\nkey = "key.pem"\n'
+    'outer_ca = "ca.pem"\nbind = "::1"\nping_interval = "0s"\nupgrade = "alpn-ping"\n'
+    '[[forward]]\nname = "p.g-1"\nserver = "db"\nalpn = "postgresql"\nlisten = "[::1]:5432"\n',
+    "this is not TOML",
+])
+
 write("server_url", [
     "https://[::1]:8443/x",
     "http://127.0.0.1:8080",

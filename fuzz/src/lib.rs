@@ -21,6 +21,7 @@ use alpn_protocol::names::Names;
 use alpn_protocol::request::Request;
 use alpn_protocol::websocket::{close_code_allowed, OP_CLOSE, OP_PONG};
 use alpn_router::UpgradeError;
+use alpn_tunnel::config_file::{ConfigFile, ConfigFileError};
 use alpn_tunnel::proxy::ProxyUrl;
 use alpn_tunnel::ServerUrl;
 use alpn_upgrade_filter::config::{Config as FilterConfig, RateLimit};
@@ -611,6 +612,57 @@ pub fn router_config(data: &[u8]) {
         return;
     };
     let _ = alpn_router::Config::parse(text, cert_dir());
+}
+
+/// The client's configuration file (`alpn-tunnel up`, `check-config`), as
+/// `client.toml` next to a real certificate, key and CA (`cert.pem`,
+/// `key.pem`, `ca.pem`) so that valid files get past the file checks. Parsing
+/// is deterministic (the same file twice gives equal results or the same
+/// error); an error is a key error that names a key of the file (`.` for the
+/// whole file, else a dotted path under a top-level key, or the unknown key);
+/// a file that parses has distinct forward names, listen addresses that do not
+/// clash, ALPNs of 1 to 255 bytes, and forwards that carry their server as
+/// the file's `servers` have it.
+pub fn client_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let file = cert_dir().with_file_name("client.toml");
+    let first = ConfigFile::parse(text, &file);
+    let second = ConfigFile::parse(text, &file);
+    match (&first, &second) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.drain, b.drain);
+            assert_eq!(a.servers, b.servers);
+            assert_eq!(a.forwards, b.forwards);
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("{text:?} parsed once as {first:?}, then as {second:?}"),
+    }
+    match first {
+        Ok(config) => {
+            for (i, f) in config.forwards.iter().enumerate() {
+                assert!((1..=255).contains(&f.alpn.len()), "{:?}", f.alpn);
+                assert_eq!(config.servers.get(&f.server.name), Some(&f.server));
+                for g in &config.forwards[..i] {
+                    assert_ne!(f.name, g.name, "two forwards named alike");
+                    let clash = f.listen.port() != 0 && f.listen == g.listen;
+                    assert!(!clash, "two forwards on {}", f.listen);
+                }
+            }
+        }
+        Err(ConfigFileError::Key { path, key, message }) => {
+            assert_eq!(path, file);
+            assert!(!message.is_empty(), "no message for key {key:?}");
+            let top = key.split(['.', '[']).next().unwrap_or_default();
+            let known = ["drain", "cache_ttl", "servers", "forward"].contains(&top);
+            assert!(
+                key == "." || known || message.starts_with("unknown field"),
+                "key {key:?} names nothing of the file: {message}"
+            );
+        }
+        Err(other) => panic!("not a key error: {other:?}"),
+    }
 }
 
 /// The client's server URL (and proxy URL): a URL that parses prints as one

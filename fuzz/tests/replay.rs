@@ -18,6 +18,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("proxy_v2", alpn_fuzz::proxy_v2),
     ("filter_config", alpn_fuzz::filter_config),
     ("router_config", alpn_fuzz::router_config),
+    ("client_config", alpn_fuzz::client_config),
     ("server_url", alpn_fuzz::server_url),
     ("client_addr", alpn_fuzz::client_addr),
 ];
