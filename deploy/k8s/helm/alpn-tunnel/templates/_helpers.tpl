@@ -32,6 +32,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- first $paths -}}
 {{- end -}}
 
+{{/* The upgrade types the filter allows, as a 426 lists them. */}}
+{{- define "alpn-tunnel.allowedTypes" -}}
+{{- .Values.filter.config.allowed_types | default (list "alpn" "alpn-ping" "websocket") | join ", " -}}
+{{- end -}}
+
 {{- define "alpn-tunnel.duplicateUpgradeHeader" -}}
 {{- .Values.filter.config.duplicate_upgrade_header | default "x-alpn-upgrade" | lower -}}
 {{- end -}}
