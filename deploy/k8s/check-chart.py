@@ -363,56 +363,73 @@ def negative_controls(tools, docs):
     """Each must be refused; a list of those that were not."""
     ci = CHART / "ci/minimal-values.yaml"
     escaped = []
+    # Each with what helm's refusal must say, so that it fails for that reason.
     bad_values = {
-        "an unknown value key": ["envoy.listenPort=8080"],
-        "an unknown key in the filter's configuration": ["filter.config.trusted_hop=1"],
-        "rate_limit.upgrades 0": ["filter.config.rate_limit.upgrades=0", "filter.config.rate_limit.per_seconds=1"],
-        "trusted_proxies with trusted_hops 0": ["filter.config.trusted_hops=0"],
-        "an upgrade path with a query": ["filter.config.upgrade_paths={/x?y}"],
-        "an upgrade type token with a space": ["filter.config.allowed_types={al pn}"],
-        "a grace period shorter than the drain": ["terminationGracePeriodSeconds=300"],
-        "an ALB idle timeout below the ping interval": ["ingress.enabled=true", "ingress.idleTimeoutSeconds=30"],
-        "an ALB deregistration delay shorter than the drain": ["ingress.enabled=true", "ingress.deregistrationDelaySeconds=60"],
-        "GKE connection draining shorter than the drain": ["backendConfig.enabled=true", "backendConfig.drainingTimeoutSec=60"],
-        "a route without a backend": ["router.routes[0].backend=null"],
-        "a duration the router cannot read": ["router.limits.connect_timeout=5 seconds"],
+        "an unknown value key": (["envoy.listenPort=8080"], "additional properties 'listenPort'"),
+        "an unknown key in the filter's configuration": (["filter.config.trusted_hop=1"], "'trusted_hop' not allowed"),
+        "rate_limit.upgrades 0": (["filter.config.rate_limit.upgrades=0", "filter.config.rate_limit.per_seconds=1"],
+                                  "/filter/config/rate_limit/upgrades"),
+        "trusted_proxies with trusted_hops 0": (["filter.config.trusted_hops=0"], "at '/filter/config': 'not' failed"),
+        "an upgrade path with a query": (["filter.config.upgrade_paths={/x?y}"], "/filter/config/upgrade_paths/0"),
+        "two upgrade paths": (["filter.config.upgrade_paths={/a,/b}"], "the chart routes exactly one upgrade path"),
+        "renamed upgrade types": (["filter.config.type_tokens.alpn=tcp"], "renamed types are not supported"),
+        "an upgrade type token with a space": (["filter.config.allowed_types={al pn}"], "/filter/config/allowed_types/0"),
+        "a grace period shorter than the drain": (["terminationGracePeriodSeconds=300"], "is shorter than the drain"),
+        "an ALB idle timeout below the ping interval": (["ingress.enabled=true", "ingress.idleTimeoutSeconds=30"],
+                                                        "must be above router.pingIntervalSeconds"),
+        "an ALB deregistration delay shorter than the drain": (
+            ["ingress.enabled=true", "ingress.deregistrationDelaySeconds=60"], "the ALB would cut tunnels"),
+        "GKE connection draining shorter than the drain": (
+            ["backendConfig.enabled=true", "backendConfig.drainingTimeoutSec=60"], "drainingTimeoutSec: 60 is shorter"),
+        "a route without a backend": (["router.routes[0].alpn=postgresql"], "missing property 'backend'"),
+        "a duration the router cannot read": (["router.limits.connect_timeout=5 seconds"], "/router/limits/connect_timeout"),
     }
-    for what, sets in bad_values.items():
-        got, _ = helm_template(tools, [ci], sets)
+    for what, (sets, expect) in bad_values.items():
+        got, err = helm_template(tools, [ci], sets)
         if got is not None:
             escaped.append(f"helm template accepted {what}")
-    got, _ = helm_template(tools, [], [])
-    if got is not None:
-        escaped.append("helm template accepted the defaults without trusted_proxies")
+        elif expect not in err:
+            escaped.append(f"helm template refused {what}, but not for that reason: {err}")
+    got, err = helm_template(tools, [], [])
+    if got is not None or "filter.config.trusted_proxies: required" not in (err or ""):
+        escaped.append(f"helm template did not refuse the defaults for want of trusted_proxies: {err}")
 
-    def refused_object(doc, mutate):
+    def object_refusal(doc, mutate):
         broken = copy.deepcopy(doc)
         mutate(broken)
-        return bool(object_problems(tools, broken))
+        return "\n".join(object_problems(tools, broken))
 
+    # Each broken object with what the refusal must name.
     broken_objects = {
-        "Deployment": ("an unknown container field", lambda d: d["spec"]["template"]["spec"]["containers"][0].update(preStopp={})),
-        "Service": ("a port as a string", lambda d: d["spec"]["ports"][0].update(port="eighty")),
-        "HorizontalPodAutoscaler": ("an unknown behavior field", lambda d: d["spec"]["behavior"]["scaleDown"].update(window=1)),
-        "ServiceMonitor": ("an unknown endpoint field", lambda d: d["spec"]["endpoints"][0].update(pathh="/metrics")),
-        "PrometheusRule": ("a rule without expr", lambda d: d["spec"]["groups"][0]["rules"][0].pop("expr")),
-        "BackendConfig": ("timeoutSecs for timeoutSec", lambda d: d["spec"].update(timeoutSecs=d["spec"].pop("timeoutSec"))),
-        "Ingress": ("pathType as a number", lambda d: d["spec"]["rules"][0]["http"]["paths"][0].update(pathType=1)),
+        "Deployment": ("an unknown container field", "preStopp",
+                       lambda d: d["spec"]["template"]["spec"]["containers"][0].update(preStopp={})),
+        "Service": ("a port as a string", "ports/0/port", lambda d: d["spec"]["ports"][0].update(port="eighty")),
+        "HorizontalPodAutoscaler": ("an unknown behavior field", "window",
+                                    lambda d: d["spec"]["behavior"]["scaleDown"].update(window=1)),
+        "ServiceMonitor": ("an unknown endpoint field", "pathh",
+                           lambda d: d["spec"]["endpoints"][0].update(pathh="/metrics")),
+        "PrometheusRule": ("a rule without expr", "'expr' is a required property",
+                           lambda d: d["spec"]["groups"][0]["rules"][0].pop("expr")),
+        "BackendConfig": ("timeoutSecs for timeoutSec", "timeoutSecs",
+                          lambda d: d["spec"].update(timeoutSecs=d["spec"].pop("timeoutSec"))),
+        "Ingress": ("pathType as a number", "pathType",
+                    lambda d: d["spec"]["rules"][0]["http"]["paths"][0].update(pathType=1)),
     }
-    for kind, (what, mutate) in broken_objects.items():
+    for kind, (what, expect, mutate) in broken_objects.items():
         doc = one(docs, kind)
         if doc is None:
             escaped.append(f"no {kind} rendered to break")
-        elif not refused_object(doc, mutate):
+            continue
+        refusal = object_refusal(doc, mutate)
+        if not refusal:
             escaped.append(f"the {kind} schema accepted {what}")
+        elif expect not in refusal:
+            escaped.append(f"the {kind} schema refused {what}, but not for that reason: {refusal}")
 
-    def refused_invariant(mutate):
+    def invariant_refusal(mutate):
         broken = copy.deepcopy(docs)
         mutate(broken)
-        try:
-            return bool(invariants(broken))
-        except (KeyError, ValueError):
-            return True
+        return "\n".join(invariants(broken))
 
     def envoy_edit(edit):
         def mutate(ds):
@@ -425,22 +442,33 @@ def negative_controls(tools, docs):
     def annotate(key, value):
         return lambda ds: one(ds, "Ingress")["metadata"]["annotations"].update({"alb.ingress.kubernetes.io/" + key: value})
 
+    # Each broken rendering with what the invariants must say about it.
     broken_renders = {
-        "a grace period shorter than the drain": lambda ds: one(ds, "Deployment")["spec"]["template"]["spec"].update(
-            terminationGracePeriodSeconds=60),
-        "an Ingress health check path other than Envoy's": annotate("healthcheck-path", "/readyz"),
-        "an ALB idle timeout below the ping interval": annotate("load-balancer-attributes", "idle_timeout.timeout_seconds=20"),
-        "a deregistration delay shorter than the drain": annotate("target-group-attributes", "deregistration_delay.timeout_seconds=30"),
-        "upgrade_configs without websocket": envoy_edit(lambda e: hcm(e).update(
-            upgrade_configs=[{"upgrade_type": "alpn"}, {"upgrade_type": "alpn-ping"}])),
-        "an upgrade route on another path": envoy_edit(lambda e: hcm(e)["route_config"]["virtual_hosts"][0]["routes"][0]
-                                                       ["match"].update(path="/elsewhere")),
-        "a health filter in pass-through mode": envoy_edit(lambda e: health_filter(e).update(pass_through_mode=True)),
-        "Envoy's admin on every address": envoy_edit(lambda e: e["admin"]["address"]["socket_address"].update(address="0.0.0.0")),
+        "a grace period shorter than the drain": ("terminationGracePeriodSeconds 60 <", lambda ds: one(
+            ds, "Deployment")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=60)),
+        "an Ingress health check path other than Envoy's": ("Ingress health check path /readyz",
+                                                           annotate("healthcheck-path", "/readyz")),
+        "an ALB idle timeout below the ping interval": ("ALB idle timeout 20 s", annotate(
+            "load-balancer-attributes", "idle_timeout.timeout_seconds=20")),
+        "a deregistration delay shorter than the drain": ("ALB deregistration delay 30 s", annotate(
+            "target-group-attributes", "deregistration_delay.timeout_seconds=30")),
+        "upgrade_configs without websocket": ("miss the filter's allowed types ['websocket']", envoy_edit(
+            lambda e: hcm(e).update(upgrade_configs=[{"upgrade_type": "alpn"}, {"upgrade_type": "alpn-ping"}]))),
+        "an upgrade route on another path": ("is not the filter's upgrade path", envoy_edit(
+            lambda e: hcm(e)["route_config"]["virtual_hosts"][0]["routes"][0]["match"].update(path="/elsewhere"))),
+        "a health filter in pass-through mode": ("pass_through_mode must be false", envoy_edit(
+            lambda e: health_filter(e).update(pass_through_mode=True))),
+        "Envoy's admin on every address": ("Envoy admin on 0.0.0.0", envoy_edit(
+            lambda e: e["admin"]["address"]["socket_address"].update(address="0.0.0.0"))),
+        "a router health check off /readyz": ("no active health check of /readyz", envoy_edit(
+            lambda e: router_cluster(e)["health_checks"][0]["http_health_check"].update(path="/healthz"))),
     }
-    for what, mutate in broken_renders.items():
-        if not refused_invariant(mutate):
+    for what, (expect, mutate) in broken_renders.items():
+        refusal = invariant_refusal(mutate)
+        if not refusal:
             escaped.append(f"the invariants accepted {what}")
+        elif expect not in refusal:
+            escaped.append(f"the invariants refused {what}, but not for that reason: {refusal}")
 
     # promtool's unit tests fail on rules that do not do what they say.
     broken = tools.tmp / "broken-rules"
