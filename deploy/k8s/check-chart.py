@@ -196,7 +196,10 @@ def invariants(docs):
     drain = prestop_args(docs)
     lb_grace, deadline = seconds(drain["--lb-grace"]), seconds(drain["--deadline"])
     router_grace = seconds(router.get("limits", {}).get("drain_grace", "30s"))
+    # The deadline counts from the drain's start; adding lb grace over-covers it.
     drain_total = lb_grace + deadline + router_grace
+    if deadline <= lb_grace:
+        bad.append(f"drain deadline {deadline} s is not above the lb grace {lb_grace} s")
     dep = one(docs, "Deployment")
     grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     if grace < drain_total:
@@ -375,6 +378,8 @@ def negative_controls(tools, docs):
         "renamed upgrade types": (["filter.config.type_tokens.alpn=tcp"], "renamed types are not supported"),
         "an upgrade type token with a space": (["filter.config.allowed_types={al pn}"], "/filter/config/allowed_types/0"),
         "a grace period shorter than the drain": (["terminationGracePeriodSeconds=300"], "is shorter than the drain"),
+        "a drain deadline within the lb grace": (["drain.lbGraceSeconds=30", "drain.deadlineSeconds=20"],
+                                                 "must be above drain.lbGraceSeconds"),
         "an ALB idle timeout below the ping interval": (["ingress.enabled=true", "ingress.idleTimeoutSeconds=30"],
                                                         "must be above router.pingIntervalSeconds"),
         "an ALB deregistration delay shorter than the drain": (
