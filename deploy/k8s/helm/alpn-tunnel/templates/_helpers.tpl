@@ -55,6 +55,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Seconds a tunnel may outlive the start of the Pod's termination. */}}
 {{- define "alpn-tunnel.drainSeconds" -}}
+{{- if le (int .Values.drain.deadlineSeconds) (int .Values.drain.lbGraceSeconds) -}}
+{{- fail (printf "drain.deadlineSeconds: %d must be above drain.lbGraceSeconds (%d): the deadline counts from the start of the drain" (int .Values.drain.deadlineSeconds) (int .Values.drain.lbGraceSeconds)) -}}
+{{- end -}}
 {{- add .Values.drain.lbGraceSeconds .Values.drain.deadlineSeconds .Values.drain.routerGraceSeconds -}}
 {{- end -}}
 
