@@ -160,7 +160,7 @@ $(K8S_PY_STAMP): $(ENVOY_STAMP)
 ## host of its own (a network namespace with a veth into a bridge), behind
 ## HAProxy playing the ALB; 300 tunnels moving data while every replica is
 ## rolled with the chart's drain, Prometheus scraping the routers
-## (deploy/k8s/SCALE-OUT.md). Root only; about 5 minutes after the build. Not
+## (deploy/k8s/scale-out/README.md). Root only; about 3 minutes after the build. Not
 ## part of make test.
 scale-out: build envoy services $(HELM) $(COMPOSE_PY_STAMP)
 	@$(call apt_need,ip,iproute2)
