@@ -98,16 +98,17 @@ def end_pids(pids, grace=5.0):
             pass
 
 
-def cleanup():
+def cleanup(remove_workdir=True):
     """Ends what a run (this one or a crashed one) left: its recorded processes,
-    every process in its namespaces, the namespaces, the bridge."""
+    every process in its namespaces, the namespaces, the bridge, and its work
+    directory unless asked to keep it."""
     recorded = []
     if STATE.exists():
         for f in STATE.glob("*.pid"):
-            try:
-                recorded.append(int(f.read_text().strip()))
-            except ValueError:
-                pass
+            pid, _, cmdline = f.read_text().partition("\n")
+            # Only if the pid still runs what was recorded: never another's process.
+            if pid.isdigit() and cmdline_of(int(pid)) == cmdline:
+                recorded.append(int(pid))
     end_pids(recorded, grace=3)
     existing = run("ip", "netns", "list").stdout
     for ns in NS:
@@ -117,12 +118,26 @@ def cleanup():
             run("ip", "netns", "del", ns, check=False)
     if run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         run("ip", "link", "del", BRIDGE, check=False)
+    workdir = STATE / "workdir"
+    if remove_workdir and workdir.exists():
+        d = Path(workdir.read_text())
+        if d.name.startswith("alpn-scale-out-"):
+            shutil.rmtree(d, ignore_errors=True)
     shutil.rmtree(STATE, ignore_errors=True)
 
 
+def cmdline_of(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+
+
 def record(name, proc):
+    """Writes the pid and its command line (`ip netns exec` has become the
+    program by then, or soon: read back when cleaning up, either matches)."""
     STATE.mkdir(parents=True, exist_ok=True)
-    (STATE / f"{name}.pid").write_text(str(proc.pid))
+    (STATE / f"{name}.pid").write_text(f"{proc.pid}\n{cmdline_of(proc.pid) or ''}")
 
 
 # ---------------------------------------------------------------- set-up
@@ -685,6 +700,8 @@ def main():
                     help="negative control: roll without the preStop hooks (SIGTERM to both at once)")
     ap.add_argument("--results", help="also write the figures (markdown) here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--cleanup", action="store_true",
+                    help="only remove what a crashed run left (processes, namespaces, bridge)")
     ap.add_argument("--echo", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo:
@@ -693,17 +710,19 @@ def main():
     if os.geteuid() != 0:
         sys.exit("scale-out: run as root (it creates network namespaces)")
     cleanup()
+    if args.cleanup:
+        return
     d = Path(tempfile_dir())
+    STATE.mkdir(parents=True, exist_ok=True)
+    (STATE / "workdir").write_text(str(d))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         asyncio.run(main_run(args, d))
     finally:
         log("cleaning up: processes, namespaces, bridge")
-        cleanup()
+        cleanup(remove_workdir=not args.keep)
         if args.keep:
             log(f"logs kept in {d}")
-        else:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def tempfile_dir():
