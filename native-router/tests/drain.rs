@@ -178,7 +178,7 @@ async fn at_the_deadline_drain_returns_and_leaves_the_tunnel_to_the_router() {
     let mut open = pod.tunnel().await;
     echoes(&mut open, b"before the drain").await;
 
-    let mut drain = pod.drain("1s", "4s");
+    let mut drain = pod.drain("1s", "8s");
     assert!(exit_of(&mut drain), "drain failed:\n{}", drain.log());
     let log = drain.log();
     assert!(
