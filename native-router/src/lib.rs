@@ -13,6 +13,9 @@
 //! - [`serve`] and [`check`]: what `alpn-router serve` and `alpn-router
 //!   check` do with a configuration file (signals, the descriptor limit, the
 //!   report).
+//! - [`drain`]: what `alpn-router drain` does (a Pod's preStop hook): fail
+//!   Envoy's health check, drain its listeners, wait for the router's
+//!   tunnels to end or a deadline.
 //! - [`accept_upgrade`]: the server's side of the upgrade handshake, for
 //!   servers that answer upgrades as the router does.
 //!
@@ -23,6 +26,7 @@
 //! `tunnel` (dialing the backend, with `proxy_protocol`, and the pipe, whose
 //! two directions `copy` carries), `server` (listeners, reload and drain),
 //! `commands` (the file, signals and descriptor limit around them),
+//! `drain` (the preStop sequence, a client of Envoy's admin and the metrics),
 //! `admission` (the connection caps), `descriptors` (the file descriptor
 //! budget), `cutoffs` (refused connections logged without letting a client
 //! choose the volume) and `metrics`.
@@ -33,6 +37,7 @@ mod config;
 mod copy;
 mod cutoffs;
 mod descriptors;
+mod drain;
 mod metrics;
 mod proxy_protocol;
 mod route;
@@ -47,6 +52,7 @@ pub use config::{
     BackendTls, CertKey, Config, ConfigError, Limits, MetricsListener, Route, TcpKeepalive,
     UpgradeListener,
 };
+pub use drain::{drain, CallError, DrainOptions, DrainOutcome};
 pub use server::{run, Listeners, Router};
 pub use upgrade::{accept as accept_upgrade, Accepted, UpgradeError};
 

@@ -84,6 +84,48 @@ impl Bootstrap {
             .replace("/etc/envoy/tls/server.key", &cert.key.display().to_string())
     }
 
+    /// Adds what a Pod's Envoy has in front of the router (the Helm chart's
+    /// shape) to a bootstrap holding fragment.yaml: the `health_check` filter
+    /// answering `path` itself (200, or 503 once `POST /healthcheck/fail` was
+    /// sent or while the router is not ready), and an active health check of
+    /// the router's `/readyz` on its metrics port `metrics_port`, which
+    /// `cluster_min_healthy_percentages` makes part of that answer.
+    pub fn with_health_check(self, path: &str, metrics_port: u16) -> Bootstrap {
+        let filter = format!(
+            r#"          http_filters:
+          - name: envoy.filters.http.health_check
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+              pass_through_mode: false
+              headers:
+              - name: ":path"
+                string_match: {{exact: {path}}}
+              cluster_min_healthy_percentages:
+                alpn_router: {{value: 100}}
+"#
+        );
+        let active = "    health_checks:
+    - timeout: 2s
+      interval: 1s
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      http_health_check: {path: /readyz}
+    load_assignment:
+      cluster_name: alpn_router
+";
+        self.replace("          http_filters:\n", &filter)
+            .replace(
+                "    load_assignment:\n      cluster_name: alpn_router\n",
+                active,
+            )
+            .replace(
+                "port_value: 9001}\n",
+                &format!(
+                    "port_value: 9001}}\n            health_check_config: {{port_value: {metrics_port}}}\n"
+                ),
+            )
+    }
+
     /// The adapted text.
     pub fn text(&self) -> &str {
         &self.text
@@ -115,6 +157,11 @@ impl Envoy {
 
     /// Starts Envoy on `bootstrap` (admin on port 0) and waits until it serves.
     pub fn start(bootstrap: &Bootstrap) -> Envoy {
+        Envoy::start_with(bootstrap, &[])
+    }
+
+    /// The same with `extra` command-line arguments (such as `--drain-time-s`).
+    pub fn start_with(bootstrap: &Bootstrap, extra: &[&str]) -> Envoy {
         let dir = tempfile::tempdir().expect("temporary directory");
         let base_id = dir.path().join("base-id");
         let identity = [
@@ -122,7 +169,7 @@ impl Envoy {
             "--base-id-path".into(),
             base_id.display().to_string(),
         ];
-        Self::serve(bootstrap, dir, &identity, 0)
+        Self::serve(bootstrap, dir, &identity, 0, extra)
     }
 
     /// Envoy's graceful restart (hot restart): starts the next epoch on
@@ -151,7 +198,7 @@ impl Envoy {
         ];
         // The next epoch finds the base id where a later one looks for it.
         fs::write(dir.path().join("base-id"), &base_id).expect("write the base id");
-        Self::serve(bootstrap, dir, &identity, self.epoch + 1)
+        Self::serve(bootstrap, dir, &identity, self.epoch + 1, &[])
     }
 
     fn serve(
@@ -159,9 +206,10 @@ impl Envoy {
         dir: tempfile::TempDir,
         identity: &[String],
         epoch: u32,
+        extra: &[&str],
     ) -> Envoy {
         let bootstrap = bootstrap.clone().admin_on_port_zero();
-        let child = spawn(&bootstrap, dir.path(), identity, &[]);
+        let child = spawn(&bootstrap, dir.path(), identity, extra);
         let admin_file = dir.path().join("admin.txt");
         let started = Instant::now();
         let mut envoy = Envoy {

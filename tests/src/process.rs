@@ -93,6 +93,11 @@ impl Logged {
         assert!(ok.success());
     }
 
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// Waits for the process to exit; returns whether it exited cleanly.
     pub fn wait_exit(&mut self) -> bool {
         let started = Instant::now();

@@ -1,9 +1,11 @@
-//! `alpn-router`: serve a configuration, or check one without serving. It
-//! parses the arguments, sets up logging and calls the library.
+//! `alpn-router`: serve a configuration, check one without serving, or drain a
+//! Pod before it stops. It parses the arguments, sets up logging and calls the
+//! library.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -49,6 +51,34 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Drain this Pod before it stops (the preStop hook): fail Envoy's health
+    /// check (POST /healthcheck/fail), wait --lb-grace for the load balancer to
+    /// take the target out, drain Envoy's listeners (POST
+    /// /drain_listeners?graceful; open tunnels go on), then poll the router's
+    /// /metrics until alpn_router_tunnels_active sums to 0 or --deadline
+    /// (counted from the start) passes.
+    ///
+    /// Exit 0 when drained or at the deadline (the router's drain_grace
+    /// handles tunnels left after SIGTERM). When a step cannot be done (Envoy's
+    /// admin unreachable or refusing, the metrics unreadable three times in a
+    /// row), it is logged, the remaining steps still run, and the exit is 1
+    /// with the failed steps named. Every HTTP call has a 5 s timeout.
+    Drain {
+        /// Envoy's admin address.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9901")]
+        envoy_admin: String,
+        /// The router's metrics listener (/metrics is added to a bare
+        /// host:port).
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9090")]
+        metrics: String,
+        /// How long the load balancer needs to see the failing health check
+        /// (its interval times its unhealthy threshold).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "15s")]
+        lb_grace: Duration,
+        /// The most the whole command takes, from its start.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "300s")]
+        deadline: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +91,34 @@ fn main() -> ExitCode {
         Command::Serve { config } => tokio::runtime::Runtime::new()
             .context("starting the runtime")
             .and_then(|runtime| Ok(runtime.block_on(alpn_router::serve(&config))?)),
+        Command::Drain {
+            envoy_admin,
+            metrics,
+            lb_grace,
+            deadline,
+        } => {
+            let options = alpn_router::DrainOptions {
+                envoy_admin,
+                metrics,
+                lb_grace,
+                deadline,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")
+                .and_then(|runtime| {
+                    let outcome = runtime.block_on(alpn_router::drain(&options));
+                    if outcome.complete() {
+                        Ok(())
+                    } else {
+                        Err(anyhow::anyhow!(
+                            "exit 1: {} step(s) of the drain failed (above)",
+                            outcome.failed_steps.len()
+                        ))
+                    }
+                })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
