@@ -20,6 +20,7 @@ Exit status 1 with every problem listed when anything is wrong.
 
 import argparse
 import copy
+import importlib.util
 import json
 import pathlib
 import re
@@ -475,6 +476,34 @@ def negative_controls(tools, docs):
         elif expect not in refusal:
             escaped.append(f"the invariants refused {what}, but not for that reason: {refusal}")
 
+    # envoy/render.py refuses a `# replace` that would change nothing or sits
+    # apart from its marker, so the chart's bootstrap cannot silently lose one.
+    spec = importlib.util.spec_from_file_location("render", HERE.parent.parent / "envoy/render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    frag = render.pieces(render.FRAGMENT.read_text())
+    bootstrap = render.CHART_BOOTSTRAP.read_text()
+    indent, marker = re.search(r"^( *)(# BEGIN fragment\.yaml routes\n)", bootstrap, re.M).groups()
+    marker = indent + marker
+
+    def above_marker(line):
+        return bootstrap.replace("\n" + marker, "\n" + line + "\n" + marker)
+    broken_bootstraps = {
+        "a replace whose text is not in the piece": ("does not occur in piece 'routes'", above_marker(
+            indent + "# replace {path: /nowhere} => {path: /x}")),
+        "a replace indented apart from its marker": ("must be indented like its marker", above_marker(
+            indent[2:] + "# replace {path: /connectionupgrade} => {path: /x}")),
+    }
+    for what, (expect, text) in broken_bootstraps.items():
+        f = tools.tmp / "broken-envoy.yaml"
+        f.write_text(text)
+        try:
+            render.render(f, frag)
+            escaped.append(f"render.py accepted {what}")
+        except SystemExit as e:
+            if expect not in str(e):
+                escaped.append(f"render.py refused {what}, but not for that reason: {e}")
+
     # promtool's unit tests fail on rules that do not do what they say.
     broken = tools.tmp / "broken-rules"
     broken.mkdir()
@@ -484,7 +513,7 @@ def negative_controls(tools, docs):
     shutil.copy(RULES_TEST, broken / "test.yaml")
     if run(["promtool", "test", "rules", "test.yaml"], cwd=broken).returncode == 0:
         escaped.append("promtool test rules passed rules with the wrong cap threshold")
-    return escaped, len(bad_values) + 1 + len(broken_objects) + len(broken_renders) + 1
+    return escaped, len(bad_values) + 1 + len(broken_objects) + len(broken_renders) + len(broken_bootstraps) + 1
 
 
 def main():
