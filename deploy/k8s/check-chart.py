@@ -156,11 +156,11 @@ def hcm(envoy):
 
 
 def filter_json(envoy):
+    """The filter's JSON configuration, and its http_filters entry."""
     for f in hcm(envoy)["http_filters"]:
         if f["name"] == "alpn_upgrade":
-            matcher = f["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
-            wasm = matcher["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
-            return json.loads(wasm["config"]["configuration"]["value"] or "{}"), matcher
+            wasm = f["typed_config"]
+            return json.loads(wasm["config"]["configuration"]["value"] or "{}"), f
     raise KeyError("no alpn_upgrade filter in the bootstrap")
 
 
@@ -193,7 +193,7 @@ def invariants(docs):
     """The cross-file invariants of one rendering; a list of what is wrong."""
     bad = []
     envoy, router, _ = pod_configs(docs)
-    filt, matcher = filter_json(envoy)
+    filt, filter_entry = filter_json(envoy)
     drain = prestop_args(docs)
     lb_grace, deadline = seconds(drain["--lb-grace"]), seconds(drain["--deadline"])
     router_grace = seconds(router.get("limits", {}).get("drain_grace", "30s"))
@@ -293,10 +293,18 @@ def invariants(docs):
     (route,) = [r for r in routes if r.get("name") == "alpn_tunnel_upgrade"]
     if route["match"].get("path") not in paths or route["route"]["cluster"] != "alpn_router":
         bad.append(f"the upgrade route {route['match']} is not the filter's upgrade path {paths}")
-    prefixes = [p["single_predicate"]["value_match"].get("prefix")
-                for p in matcher["predicate"]["or_matcher"]["predicate"]]
-    if not all(p in prefixes for p in paths):
-        bad.append(f"the filter's matcher {prefixes} does not cover the upgrade paths {paths}")
+    # The filter is off by default and on where a request can concern it: the
+    # upgrade route, and the routes refusing its upgrades and header elsewhere.
+    if filter_entry.get("disabled") is not True:
+        bad.append("the alpn_upgrade filter is not disabled by default")
+    enabled = [r.get("name") for r in routes if "alpn_upgrade" in r.get("typed_per_filter_config", {})]
+    if "alpn_tunnel_upgrade" not in enabled:
+        bad.append(f"the filter is not enabled on the upgrade route (enabled on {enabled})")
+    dup = filt.get("duplicate_upgrade_header", "x-alpn-upgrade").lower()
+    headers = [h["name"] for r in routes if r.get("name") == "alpn_tunnel_duplicate_header_elsewhere"
+               for h in r["match"].get("headers", [])]
+    if headers != [dup]:
+        bad.append(f"the duplicate-header route matches {headers}, the filter's header is {dup}")
     if health_path in paths:
         bad.append(f"the health path {health_path} is an upgrade path")
     names = router["upgrade"].get("names", {})
@@ -466,6 +474,10 @@ def negative_controls(tools, docs):
             lambda e: health_filter(e).update(pass_through_mode=True))),
         "Envoy's admin on every address": ("Envoy admin on 0.0.0.0", envoy_edit(
             lambda e: e["admin"]["address"]["socket_address"].update(address="0.0.0.0"))),
+        "the filter on for every request": ("not disabled by default", envoy_edit(
+            lambda e: filter_json(e)[1].pop("disabled"))),
+        "the filter off on the upgrade route": ("not enabled on the upgrade route", envoy_edit(
+            lambda e: hcm(e)["route_config"]["virtual_hosts"][0]["routes"][0].pop("typed_per_filter_config"))),
         "a router health check off /readyz": ("no active health check of /readyz", envoy_edit(
             lambda e: router_cluster(e)["health_checks"][0]["http_health_check"].update(path="/healthz"))),
     }
