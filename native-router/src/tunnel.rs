@@ -2,8 +2,9 @@
 //! header and optional TLS), then copy both directions until both are done. An
 //! EOF from one side becomes a write shutdown towards the other (TLS sends its
 //! `close_notify`), so half-closed protocols lose no byte. A read or write error
-//! ends the tunnel as failed (which side failed is recorded), so that the client
-//! is not told of a clean end; and the end of the outer connection ([`Finish`])
+//! ends the tunnel as failed (which side failed is recorded), and so does a side
+//! that takes none of the bytes waiting for it for the send timeout (as nginx's
+//! `send_timeout`), so that the client is not told of a clean end; and the end of the outer connection ([`Finish`])
 //! waits for the peer, so that no close turns its late bytes into a reset.
 //! When the drain grace period of a shutdown ends, the pipe stops and the
 //! tunnel is closed deliberately ([`End::Shutdown`], [`Ending::GoingAway`]).
@@ -380,8 +381,12 @@ pub(crate) async fn pipe<C: AsyncRead + AsyncWrite + Unpin>(
             (None, false) => None,
         };
         let deadline = limit.map(|(t, _)| activity.last() + t);
-        // The side stalled longest, if any: its write deadline.
+        // The side stalled longest, if any: its write deadline. While one is
+        // armed, a new stall needs no wake-up: the deadline looks again.
         let stall = activity.stalled_since();
+        activity
+            .stall_armed
+            .store(stall.is_some(), Ordering::Relaxed);
         tokio::select! {
             result = &mut copy => break match result {
                 Ok(_) => End::Closed,
@@ -437,8 +442,10 @@ struct Activity {
     /// Per side (client, backend): since when (milliseconds after `start`,
     /// plus one) a write to it has been waiting for room; 0: none is.
     stalled: [AtomicU64; 2],
-    /// A write started waiting.
+    /// A write started waiting (told only when no stall deadline is armed).
     stalled_now: tokio::sync::Notify,
+    /// The pipe sleeps until a stall deadline.
+    stall_armed: AtomicBool,
 }
 
 impl Activity {
@@ -453,6 +460,7 @@ impl Activity {
             failed: AtomicU8::new(0),
             stalled: [AtomicU64::new(0), AtomicU64::new(0)],
             stalled_now: tokio::sync::Notify::new(),
+            stall_armed: AtomicBool::new(false),
         }
     }
 
@@ -467,7 +475,9 @@ impl Activity {
                 self.start.elapsed().as_millis() as u64 + 1,
                 Ordering::Relaxed,
             );
-            self.stalled_now.notify_one();
+            if !self.stall_armed.load(Ordering::Relaxed) {
+                self.stalled_now.notify_one();
+            }
         }
     }
 
@@ -600,5 +610,86 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.written(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_side_that_takes_no_byte_ends_the_tunnel_at_the_send_timeout() {
+        // The client side's buffer fills and is never read; the backend
+        // keeps sending, in bursts that also stall and clear on its side.
+        let (_client_end, mut client) = duplex(64 * 1024);
+        let (backend, mut backend_end) = duplex(64 * 1024);
+        let sender = tokio::spawn(async move {
+            let chunk = [7u8; 4096];
+            while backend_end.write_all(&chunk).await.is_ok() {}
+        });
+        let quiet = Quiet {
+            idle: None,
+            half_closed: Duration::from_secs(300),
+            send: Duration::from_secs(5),
+        };
+        let started = Instant::now();
+        let outcome = pipe(
+            &mut client,
+            Box::new(backend),
+            quiet,
+            RouteBytes::default(),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(
+            matches!(outcome.end, End::Stalled(Side::Client, t) if t == quiet.send),
+            "{}",
+            outcome.end
+        );
+        assert_eq!(outcome.end.reason(), "client_stalled");
+        assert!(
+            started.elapsed() >= quiet.send,
+            "not before the send timeout"
+        );
+        sender.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_reader_is_not_cut() {
+        let (mut client_end, mut client) = duplex(1024);
+        let (backend, mut backend_end) = duplex(64 * 1024);
+        // 64 KiB to carry; the client reads 100 bytes a second: each write
+        // waits, but never for the send timeout.
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0u8; 100];
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match client_end.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got += n,
+                }
+            }
+        });
+        backend_end.write_all(&[1u8; 64 * 1024]).await.unwrap();
+        backend_end.shutdown().await.unwrap();
+        let quiet = Quiet {
+            idle: None,
+            half_closed: Duration::from_secs(3600),
+            send: Duration::from_secs(5),
+        };
+        let outcome = pipe(
+            &mut client,
+            Box::new(backend),
+            quiet,
+            RouteBytes::default(),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(outcome.to_client, 64 * 1024, "{}", outcome.end);
+        drop(client);
+        drop(backend_end);
+        assert_eq!(reader.await.unwrap(), 64 * 1024);
     }
 }
