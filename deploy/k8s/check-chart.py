@@ -20,6 +20,7 @@ Exit status 1 with every problem listed when anything is wrong.
 
 import argparse
 import copy
+import importlib.util
 import json
 import pathlib
 import re
@@ -155,11 +156,11 @@ def hcm(envoy):
 
 
 def filter_json(envoy):
+    """The filter's JSON configuration, and its http_filters entry."""
     for f in hcm(envoy)["http_filters"]:
         if f["name"] == "alpn_upgrade":
-            matcher = f["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
-            wasm = matcher["on_match"]["action"]["typed_config"]["typed_config"]["typed_config"]
-            return json.loads(wasm["config"]["configuration"]["value"] or "{}"), matcher
+            wasm = f["typed_config"]
+            return json.loads(wasm["config"]["configuration"]["value"] or "{}"), f
     raise KeyError("no alpn_upgrade filter in the bootstrap")
 
 
@@ -192,7 +193,7 @@ def invariants(docs):
     """The cross-file invariants of one rendering; a list of what is wrong."""
     bad = []
     envoy, router, _ = pod_configs(docs)
-    filt, matcher = filter_json(envoy)
+    filt, filter_entry = filter_json(envoy)
     drain = prestop_args(docs)
     lb_grace, deadline = seconds(drain["--lb-grace"]), seconds(drain["--deadline"])
     router_grace = seconds(router.get("limits", {}).get("drain_grace", "30s"))
@@ -292,10 +293,18 @@ def invariants(docs):
     (route,) = [r for r in routes if r.get("name") == "alpn_tunnel_upgrade"]
     if route["match"].get("path") not in paths or route["route"]["cluster"] != "alpn_router":
         bad.append(f"the upgrade route {route['match']} is not the filter's upgrade path {paths}")
-    prefixes = [p["single_predicate"]["value_match"].get("prefix")
-                for p in matcher["predicate"]["or_matcher"]["predicate"]]
-    if not all(p in prefixes for p in paths):
-        bad.append(f"the filter's matcher {prefixes} does not cover the upgrade paths {paths}")
+    # The filter is off by default and on where a request can concern it: the
+    # upgrade route, and the routes refusing its upgrades and header elsewhere.
+    if filter_entry.get("disabled") is not True:
+        bad.append("the alpn_upgrade filter is not disabled by default")
+    enabled = [r.get("name") for r in routes if "alpn_upgrade" in r.get("typed_per_filter_config", {})]
+    if "alpn_tunnel_upgrade" not in enabled:
+        bad.append(f"the filter is not enabled on the upgrade route (enabled on {enabled})")
+    dup = filt.get("duplicate_upgrade_header", "x-alpn-upgrade").lower()
+    headers = [h["name"] for r in routes if r.get("name") == "alpn_tunnel_duplicate_header_elsewhere"
+               for h in r["match"].get("headers", [])]
+    if headers != [dup]:
+        bad.append(f"the duplicate-header route matches {headers}, the filter's header is {dup}")
     if health_path in paths:
         bad.append(f"the health path {health_path} is an upgrade path")
     names = router["upgrade"].get("names", {})
@@ -465,6 +474,10 @@ def negative_controls(tools, docs):
             lambda e: health_filter(e).update(pass_through_mode=True))),
         "Envoy's admin on every address": ("Envoy admin on 0.0.0.0", envoy_edit(
             lambda e: e["admin"]["address"]["socket_address"].update(address="0.0.0.0"))),
+        "the filter on for every request": ("not disabled by default", envoy_edit(
+            lambda e: filter_json(e)[1].pop("disabled"))),
+        "the filter off on the upgrade route": ("not enabled on the upgrade route", envoy_edit(
+            lambda e: hcm(e)["route_config"]["virtual_hosts"][0]["routes"][0].pop("typed_per_filter_config"))),
         "a router health check off /readyz": ("no active health check of /readyz", envoy_edit(
             lambda e: router_cluster(e)["health_checks"][0]["http_health_check"].update(path="/healthz"))),
     }
@@ -475,6 +488,34 @@ def negative_controls(tools, docs):
         elif expect not in refusal:
             escaped.append(f"the invariants refused {what}, but not for that reason: {refusal}")
 
+    # envoy/render.py refuses a `# replace` that would change nothing or sits
+    # apart from its marker, so the chart's bootstrap cannot silently lose one.
+    spec = importlib.util.spec_from_file_location("render", HERE.parent.parent / "envoy/render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    frag = render.pieces(render.FRAGMENT.read_text())
+    bootstrap = render.CHART_BOOTSTRAP.read_text()
+    indent, marker = re.search(r"^( *)(# BEGIN fragment\.yaml routes\n)", bootstrap, re.M).groups()
+    marker = indent + marker
+
+    def above_marker(line):
+        return bootstrap.replace("\n" + marker, "\n" + line + "\n" + marker)
+    broken_bootstraps = {
+        "a replace whose text is not in the piece": ("does not occur in piece 'routes'", above_marker(
+            indent + "# replace {path: /nowhere} => {path: /x}")),
+        "a replace indented apart from its marker": ("must be indented like its marker", above_marker(
+            indent[2:] + "# replace {path: /connectionupgrade} => {path: /x}")),
+    }
+    for what, (expect, text) in broken_bootstraps.items():
+        f = tools.tmp / "broken-envoy.yaml"
+        f.write_text(text)
+        try:
+            render.render(f, frag)
+            escaped.append(f"render.py accepted {what}")
+        except SystemExit as e:
+            if expect not in str(e):
+                escaped.append(f"render.py refused {what}, but not for that reason: {e}")
+
     # promtool's unit tests fail on rules that do not do what they say.
     broken = tools.tmp / "broken-rules"
     broken.mkdir()
@@ -484,7 +525,7 @@ def negative_controls(tools, docs):
     shutil.copy(RULES_TEST, broken / "test.yaml")
     if run(["promtool", "test", "rules", "test.yaml"], cwd=broken).returncode == 0:
         escaped.append("promtool test rules passed rules with the wrong cap threshold")
-    return escaped, len(bad_values) + 1 + len(broken_objects) + len(broken_renders) + 1
+    return escaped, len(bad_values) + 1 + len(broken_objects) + len(broken_renders) + len(broken_bootstraps) + 1
 
 
 def main():

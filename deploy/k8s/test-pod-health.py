@@ -201,6 +201,9 @@ def main():
         if status != 426 or headers.get("upgrade") != "alpn, alpn-ping, websocket":
             fail(f"an ssh upgrade answered {status} {headers}, not 426 naming the allowed types")
         print(f"  /connectionupgrade: no upgrade -> 426 (the filter), Upgrade: ssh -> 426, Upgrade: {headers['upgrade']}")
+        status, _, _ = request(lb, "GET", "/elsewhere")
+        if status != 404:
+            fail(f"GET /elsewhere answered {status}, not 404 (the Pod's Envoy routes nothing else)")
         with socket.create_connection(lb, timeout=DEADLINE) as c:
             c.sendall(b"GET /connectionupgrade HTTP/1.1\r\nHost: tunnel.test\r\n"
                       b"Connection: Upgrade\r\nUpgrade: alpn\r\n\r\n")

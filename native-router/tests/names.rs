@@ -61,7 +61,7 @@ fn renamed(text: String, from: &str, to: &str, times: usize) -> String {
 
 /// The shipped `behind-l7.yaml` with the deployment's names: the upgrade
 /// types Envoy lets through, the path routed to the router, the paths and
-/// header the filter's matcher looks at, Envoy's own 426 text, and the
+/// header of the routes that turn the filter on, Envoy's own 426 text, and the
 /// filter's configuration.
 fn envoy_bootstrap(router: &RouterProcess) -> Bootstrap {
     let shipped = Bootstrap::shipped("behind-l7.yaml");
@@ -69,8 +69,9 @@ fn envoy_bootstrap(router: &RouterProcess) -> Bootstrap {
     text = renamed(text, "upgrade_type: alpn-ping", "upgrade_type: tcp-ping", 1);
     text = renamed(text, "upgrade_type: alpn\n", "upgrade_type: tcp\n", 1);
     text = renamed(text, "upgrade_type: websocket", "upgrade_type: ws", 1);
-    text = renamed(text, "/connectionupgrade", "/tunnel", 5);
-    text = renamed(text, "x-alpn-upgrade", "x-tunnel-type", 2);
+    text = renamed(text, "/connectionupgrade", "/tunnel", 4);
+    text = renamed(text, "(alpn|alpn-ping)", "(tcp|tcp-ping)", 1);
+    text = renamed(text, "x-alpn-upgrade", "x-tunnel-type", 1);
     text = renamed(text, "alpn, alpn-ping, websocket", "tcp, tcp-ping, ws", 3);
     text = renamed(
         text,
