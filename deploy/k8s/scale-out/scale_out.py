@@ -105,9 +105,10 @@ def cleanup(remove_workdir=True):
     recorded = []
     if STATE.exists():
         for f in STATE.glob("*.pid"):
-            pid, _, cmdline = f.read_text().partition("\n")
-            # Only if the pid still runs what was recorded: never another's process.
-            if pid.isdigit() and cmdline_of(int(pid)) == cmdline:
+            pid, _, started = f.read_text().partition("\n")
+            # Only if the pid is still the process recorded (same start time,
+            # which an exec keeps): never another's process.
+            if pid.isdigit() and started and start_time(int(pid)) == started:
                 recorded.append(int(pid))
     end_pids(recorded, grace=3)
     existing = run("ip", "netns", "list").stdout
@@ -126,18 +127,21 @@ def cleanup(remove_workdir=True):
     shutil.rmtree(STATE, ignore_errors=True)
 
 
-def cmdline_of(pid):
+def start_time(pid):
+    """The process's start time (clock ticks since boot), which tells a pid
+    from a later process that reuses it. Set at fork and kept by exec, unlike
+    the command line (`ip netns exec` execs the program; right after a spawn
+    the exec may still be under way)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
         return None
 
 
 def record(name, proc):
-    """Writes the pid and its command line (`ip netns exec` has become the
-    program by then, or soon: read back when cleaning up, either matches)."""
+    """Writes the pid and its start time, for the clean-up."""
     STATE.mkdir(parents=True, exist_ok=True)
-    (STATE / f"{name}.pid").write_text(f"{proc.pid}\n{cmdline_of(proc.pid) or ''}")
+    (STATE / f"{name}.pid").write_text(f"{proc.pid}\n{start_time(proc.pid) or ''}")
 
 
 # ---------------------------------------------------------------- set-up
@@ -554,6 +558,9 @@ async def main_run(args, d):
 
     for f in FRAMINGS:
         wait(f"forwarder {f}", lambda: listening(FORWARD_PORTS[f]), 30)
+    for name, p in procs.items():
+        if p.poll() is not None:
+            raise RuntimeError(f"{name} exited ({p.returncode}): {(d / f'{name}.log').read_text()[-500:]}")
     wait("Prometheus", lambda: listening(PROM_PORT), 60)
 
     samples, stop = [], asyncio.Event()
