@@ -632,7 +632,8 @@ fn main() {
          so the router's counters below show how each `websocket` way was carried.) \
          Each moves its size in random bytes each way at once, SHA-256 checked at both ends. \
          Descriptor limit (RLIMIT_NOFILE) of every process: {limit}. Machine: {} cores, \
-         load average at the start {}.",
+         load average at the start {}, TCP congestion control `{}` (loopback included: \
+         BBR's pacing stalls loaded loopback sockets, see the notes of SOAK.md).",
         version("/usr/sbin/nginx", &["-v"], "nginx version: "),
         IDLE.as_secs(),
         version(
@@ -649,6 +650,8 @@ fn main() {
             .take(3)
             .collect::<Vec<_>>()
             .join(" "),
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .map_or_else(|_| "unknown".into(), |s| s.trim().to_string()),
     );
     println!("{setup}");
     let path = std::env::var("SOAK_REPORT")
