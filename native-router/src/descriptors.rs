@@ -85,23 +85,36 @@ const ENFILE: i32 = 23;
 /// a connection waiting in the backlog would wait until one frees up, its
 /// client with it: letting the spare go makes room to accept it and turn it
 /// away at once. The spare is taken back once a descriptor is free again.
+///
+/// Out of descriptors, `accept(2)` fails with `EMFILE` whether a connection
+/// waits or not (the descriptor is allocated first). The spare is let go only
+/// when one does: let go for nothing, the descriptor it frees would go to the
+/// next tunnel's dial to its backend, leaving no spare for the next client,
+/// who would then wait in the backlog.
 pub(crate) struct Spare(std::sync::Mutex<Option<std::fs::File>>);
 
 impl Spare {
     pub(crate) fn new() -> Spare {
-        Spare(std::sync::Mutex::new(std::fs::File::open("/dev/null").ok()))
+        Spare(std::sync::Mutex::new(open_spare()))
     }
 
     /// Lets the spare go and accepts a connection waiting on `listener`, if
     /// the spare was held and one is waiting.
     pub(crate) fn accept_with(&self, listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
         let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        drop(spare.take()?);
+        if spare.is_none() || !waiting(listener) {
+            return None;
+        }
+        drop(spare.take());
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         match listener.poll_accept(&mut cx) {
             std::task::Poll::Ready(Ok(accepted)) => Some(accepted),
-            _ => None,
+            _ => {
+                // Gone from the backlog meanwhile: the spare back at once.
+                *spare = open_spare();
+                None
+            }
         }
     }
 
@@ -109,7 +122,23 @@ impl Spare {
     pub(crate) fn restore(&self) {
         let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if spare.is_none() {
-            *spare = std::fs::File::open("/dev/null").ok();
+            *spare = open_spare();
         }
     }
+}
+
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Whether a connection waits in `listener`'s backlog (a `poll(2)` that does
+/// not wait, and needs no descriptor).
+pub(crate) fn waiting(listener: &TcpListener) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+    let timeout = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&timeout)), Ok(1)) && fds[0].revents().contains(PollFlags::IN)
 }

@@ -33,7 +33,7 @@ use tracing::{debug, field, info, warn, Instrument as _, Span};
 use crate::admission::{ClientPlace, Places};
 use crate::config::{Config, Route};
 use crate::cutoffs::{self, Cutoffs};
-use crate::descriptors::{out_of_descriptors, Spare, REFUSALS_IN_FLIGHT};
+use crate::descriptors::{self, out_of_descriptors, Spare, REFUSALS_IN_FLIGHT};
 use crate::metrics::Metrics;
 use crate::tls;
 use crate::tunnel::{self, Io, Quiet};
@@ -303,6 +303,12 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) if out_of_descriptors(&e) => {
+                    if !descriptors::waiting(&listener) {
+                        // At the limit accept(2) fails so with no connection
+                        // waiting too: nothing to turn away; look again soon.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                     // The connection would wait in the backlog, its client
                     // with it, until a descriptor frees up: the spare makes
                     // room to accept it and turn it away at once.
