@@ -19,12 +19,13 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source` that error reports
+        /// would print a second time).
+        error: std::io::Error,
     },
     /// The file is not valid TOML, a key is unknown, or a value is of the
     /// wrong type or out of range (each value is checked as it is read).
@@ -421,9 +422,9 @@ impl Ctx<'_> {
 impl Config {
     /// Reads, parses and validates `file`, loading every certificate it names.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
             path: file.to_path_buf(),
-            source,
+            error,
         })?;
         Config::parse(&text, file)
     }

@@ -81,13 +81,12 @@ pub enum CallError {
     #[error("{0}: not an http://host:port URL")]
     BadUrl(String),
     /// Connecting, writing or reading failed.
-    #[error("{url}: {source}")]
+    #[error("{url}: {error}")]
     Io {
         /// The URL called.
         url: String,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
+        /// What failed (in the message only, so that it is printed once).
+        error: std::io::Error,
     },
     /// No complete answer within the call's timeout.
     #[error("{url}: no answer within {timeout:?}")]
@@ -276,9 +275,9 @@ async fn call(url: &str, method: &str, deadline: Instant) -> Result<String, Call
     // A call at or after the deadline still gets a short while: the last poll.
     let now = Instant::now();
     let until = (now + CALL_TIMEOUT).min(deadline.max(now + POLL_INTERVAL));
-    let io = |source| CallError::Io {
+    let io = |error| CallError::Io {
         url: url.to_string(),
-        source,
+        error,
     };
     let exchange = async {
         let mut stream = TcpStream::connect(authority).await.map_err(io)?;

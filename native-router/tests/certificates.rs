@@ -115,3 +115,24 @@ async fn reload_refuses_a_key_of_another_certificate_and_keeps_serving() {
         .expect("the old certificate and key still serve");
     assert_eq!(alpn.as_deref(), Some("redis"));
 }
+
+/// A file that cannot be read: the reason once, after the file's name (it was
+/// printed twice: in the message and again as the error's source).
+#[test]
+fn check_says_once_why_a_file_cannot_be_read() {
+    let pki = Pki::new();
+    let absent = pki.path("absent.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_alpn-router"))
+        .args(["check", "--config"])
+        .arg(&absent)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check said ok:\n{stderr}");
+    let reason = "No such file or directory";
+    assert!(
+        stderr.contains(&format!("cannot read {}: {reason}", absent.display())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches(reason).count(), 1, "{stderr}");
+}
