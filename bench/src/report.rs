@@ -396,3 +396,54 @@ pub fn write(
     }
     fs::write(markdown_path, markdown(report, plots_rel))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Row, Scenario, Target, BEST_PEER};
+
+    fn scenario(higher_is_better: bool) -> Scenario {
+        Scenario {
+            id: "t",
+            title: "t",
+            unit: "u",
+            higher_is_better,
+            baseline: BEST_PEER,
+            target: Some(Target {
+                group: Some("big"),
+                ..Target::new(&["alpn-router"], 1.0, "t")
+            }),
+            method: String::new(),
+            rows: vec![
+                Row::grouped("alpn-router", "small", 5.0),
+                Row::grouped("nginx stream", "small", 4.0),
+                Row::grouped("Envoy tcp_proxy", "small", 8.0),
+                Row::grouped("raw TCP (ceiling)", "big", 100.0),
+                Row::grouped("alpn-router", "big", 10.0),
+                Row::grouped("nginx stream", "big", 12.0),
+                Row::grouped("HAProxy tcp+ssl", "big", 9.0),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_best_peer_is_chosen_in_each_group_among_the_other_terminators() {
+        let s = scenario(true);
+        let best = |i: usize| s.baseline_row(&s.rows[i]).map(|r| r.subject.as_str());
+        assert_eq!(best(0), Some("Envoy tcp_proxy"));
+        // Raw TCP is the ceiling, not a peer.
+        assert_eq!(best(4), Some("nginx stream"));
+        assert_eq!(s.ratio(&s.rows[4]), Some(10.0 / 12.0));
+        // Only the router in the named group is held to the target.
+        let targeted: Vec<String> = s.targeted().map(Row::label).collect();
+        assert_eq!(targeted, ["alpn-router, big"]);
+        assert_eq!(s.met(&s.rows[4]), Some(false));
+        assert_eq!(s.met(&s.rows[0]), None);
+
+        let s = scenario(false);
+        assert_eq!(
+            s.baseline_row(&s.rows[4]).map(|r| r.subject.as_str()),
+            Some("HAProxy tcp+ssl")
+        );
+        assert_eq!(s.met(&s.rows[4]), Some(false));
+    }
+}
