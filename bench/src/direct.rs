@@ -1,6 +1,7 @@
 //! The router's direct TLS port against the other TLS terminators (nginx
 //! `stream`, HAProxy, Envoy `tcp_proxy`) in front of the same echo backend:
-//! bulk data path, handshake rate, memory per idle tunnel, and scaling.
+//! bulk data path, memory per idle tunnel, and scaling (handshakes are in
+//! [`crate::handshakes`]).
 
 use std::net::SocketAddr;
 
@@ -8,35 +9,24 @@ use anyhow::Context as _;
 
 use crate::measure::{self, median};
 use crate::peers::{self, Peer};
-use crate::report::{Row, Scenario, Target};
+use crate::report::{Row, Scenario, Target, BEST_PEER};
 use crate::Settings;
 
 /// The most idle tunnels that fit: each holds two descriptors in the router
 /// (client and backend), whose hard limit here is 20,000 and cannot be raised.
 pub const MANY_IDLE: usize = 9_900;
 
-/// Scenario 1 (one tunnel, and 64 in parallel) and scenario 4 (handshakes).
-pub async fn data_path_and_handshakes(
-    settings: &Settings,
-    backend: SocketAddr,
-) -> anyhow::Result<[Scenario; 3]> {
+/// Scenario 1: one tunnel, and 64 in parallel.
+pub async fn data_path(settings: &Settings, backend: SocketAddr) -> anyhow::Result<[Scenario; 2]> {
     // Every peer runs at once and they take turns, round after round, so that
     // a change in the machine's load hurts them alike (only one is ever busy).
     let (subjects, paired) = peers::subjects(&Peer::ALL, settings);
     let running: Vec<_> = subjects.iter().map(|s| peers::start(s, backend)).collect();
     let n = running.len();
-    let (mut one, mut many, mut rates) = (
-        vec![Vec::new(); n],
-        vec![Vec::new(); n],
-        vec![Vec::new(); n],
-    );
-    // Bulk figures are the median of three rounds (one in the smoke test);
-    // handshakes are counted over two rounds of 5 s each.
+    let (mut one, mut many) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    // Bulk figures are the median of three rounds (one in the smoke test).
     for round in 0..settings.size(3, 1) {
-        eprintln!(
-            "measuring the data path and handshakes, round {} ...",
-            round + 1
-        );
+        eprintln!("measuring the data path, round {} ...", round + 1);
         for i in crate::turns(n, round, &paired) {
             let peer = &running[i];
             one[i].push(
@@ -45,32 +35,11 @@ pub async fn data_path_and_handshakes(
             many[i].push(
                 measure::throughput(&peer.target, settings.size(8 << 20, 64 << 10), 64).await?,
             );
-            if peer.peer != Peer::RawTcp && round < 2 {
-                rates[i].push(
-                    measure::handshake_rate(
-                        &peer.target,
-                        settings.time(5, 150),
-                        settings.size(16, 2),
-                    )
-                    .await?,
-                );
-            }
         }
     }
     let row = |i: usize, values: &[f64]| Row::median_of(&running[i].name, values.to_vec());
     let data_one: Vec<Row> = (0..n).map(|i| row(i, &one[i])).collect();
     let data_many: Vec<Row> = (0..n).map(|i| row(i, &many[i])).collect();
-    // The rate over both rounds: the mean of the two, as they last as long.
-    let handshakes: Vec<Row> = (0..n)
-        .filter(|&i| running[i].peer != Peer::RawTcp)
-        .map(|i| Row {
-            rounds: rates[i].clone(),
-            ..Row::new(
-                &running[i].name,
-                rates[i].iter().sum::<f64>() / rates[i].len() as f64,
-            )
-        })
-        .collect();
     let as_fast = || {
         Some(Target::new(
             &[Peer::Router.name()],
@@ -102,17 +71,6 @@ pub async fn data_path_and_handshakes(
                      the median of three.".into(),
             rows: data_many,
         },
-        Scenario {
-            id: "handshakes",
-            title: "Full TLS 1.3 handshakes per second",
-            unit: "handshakes/s",
-            higher_is_better: true,
-            baseline: Peer::NginxStream.name(),
-            target: Some(Target::new(&[Peer::Router.name()], 0.8, "at least 80% of nginx stream")),
-            method: "16 clients connect, complete a full TLS 1.3 handshake (ECDSA P-256, resumption off), \
-                     echo one byte through to the backend and close, for 5 s in each of the first two rounds (10 s in all).".into(),
-            rows: handshakes,
-        },
     ])
 }
 
@@ -133,7 +91,7 @@ pub async fn memory(settings: &Settings, backend: SocketAddr) -> anyhow::Result<
         ),
     ] {
         let mut rows = Vec::new();
-        for subject in peers::subjects(&[Peer::Router, Peer::NginxStream], settings).0 {
+        for subject in peers::subjects(&TERMINATORS, settings).0 {
             let running = peers::start(&subject, backend);
             eprintln!("measuring {} with {count} idle tunnels ...", running.name);
             let pid = running.pid().expect("a process of its own");
@@ -147,15 +105,23 @@ pub async fn memory(settings: &Settings, backend: SocketAddr) -> anyhow::Result<
             title,
             unit: "KiB per tunnel",
             higher_is_better: false,
-            baseline: Peer::NginxStream.name(),
+            baseline: BEST_PEER,
             target: Some(Target {
-                limit: Some(32.0),
-                ..Target::new(&[Peer::Router.name()], 1.0, "below nginx stream, and at most 32 KiB")
+                limit: Some(16.0),
+                ..Target::new(
+                    &[Peer::Router.name()],
+                    1.0,
+                    "below every peer, and at most 16 KiB",
+                )
             }),
             method: format!(
-                "{count} TLS tunnels opened to a freshly started server and held idle (handshake done, one byte echoed \
-                 through the backend, so the backend connection exists too), after 8 warm-up tunnels; the growth of \
-                 the server's resident memory (all its processes: nginx's master and workers) divided by {count}.{}",
+                "{count} TLS tunnels opened one after another to a freshly started server and held idle (handshake \
+                 done, one byte echoed through the backend, so the backend connection exists too), after 8 warm-up \
+                 tunnels; the growth of the server's resident memory (VmRSS of all its processes: nginx's master and \
+                 two workers, HAProxy's one process with two threads, Envoy's one process with two workers) divided \
+                 by {count}. Each peer as it ships but for what the bench sets (bench/peers/): nginx stream with \
+                 proxy_buffer_size 16k, HAProxy with tune.bufsize 16384 and maxconn 9950, Envoy with \
+                 per_connection_buffer_limit_bytes at its 1 MiB default (a cap, not an allocation).{}",
                 if id == "memory-10k" && !settings.quick {
                     " 9,900 rather than 10,000: each tunnel holds two descriptors in the server, and this machine's hard \
                      limit of 20,000 descriptors per process cannot be raised here (no CAP_SYS_RESOURCE)."
@@ -169,8 +135,11 @@ pub async fn memory(settings: &Settings, backend: SocketAddr) -> anyhow::Result<
     Ok(scenarios.try_into().expect("two scenarios"))
 }
 
+/// The TLS terminators of the memory and scaling scenarios.
+const TERMINATORS: [Peer; 4] = [Peer::Router, Peer::NginxStream, Peer::Haproxy, Peer::Envoy];
+
 /// Scenario 7: throughput and server CPU at 1, 16, 256 and 1,024 tunnels, the
-/// router against nginx stream.
+/// router against every other TLS terminator.
 pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result<[Scenario; 2]> {
     let counts: &[usize] = if settings.quick {
         &[1, 16]
@@ -179,7 +148,7 @@ pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result
     };
     let total = settings.size(256 << 20, 1 << 20);
     // The current router only, also in a comparison with a baseline.
-    let running = [Peer::Router, Peer::NginxStream].map(|peer| {
+    let running = TERMINATORS.map(|peer| {
         let subject = peers::Subject {
             peer,
             name: peer.name().to_string(),
@@ -192,9 +161,9 @@ pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result
     for &n in counts {
         eprintln!("measuring {n} tunnels ...");
         let each = total / n;
-        // The two peers take turns, run after run.
-        let mut rates = [Vec::new(), Vec::new()];
-        let mut cpu_per_gib = [Vec::new(), Vec::new()];
+        // The peers take turns, run after run.
+        let mut rates = vec![Vec::new(); running.len()];
+        let mut cpu_per_gib = vec![Vec::new(); running.len()];
         for _ in 0..settings.size(3, 1) {
             for (i, peer) in running.iter().enumerate() {
                 let pid = peer.pid().expect("a process of its own");
@@ -218,8 +187,8 @@ pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result
     }
     let method = format!(
         "{} MiB each way in all, split evenly over 1, 16, 256 and 1,024 TLS tunnels open at once \
-         (so 256 KiB each at 1,024), through the router's direct port and through nginx stream to the same echo \
-         backend; both run at once and take turns, the median of three runs.",
+         (so 256 KiB each at 1,024), through the router's direct port, nginx stream, HAProxy and Envoy to the same \
+         echo backend; all run at once and take turns, the median of three runs.",
         total >> 20
     );
     Ok([
@@ -228,8 +197,20 @@ pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result
             title: "Scaling: throughput by number of tunnels",
             unit: "MiB/s each way, all tunnels",
             higher_is_better: true,
-            baseline: Peer::NginxStream.name(),
-            target: None,
+            baseline: BEST_PEER,
+            target: Some(Target {
+                // The largest count (16 in the smoke test).
+                group: Some(if settings.quick {
+                    "16 tunnels"
+                } else {
+                    "1024 tunnels"
+                }),
+                ..Target::new(
+                    &[Peer::Router.name()],
+                    1.0,
+                    "at 1,024 tunnels, at least 1.0x the best peer",
+                )
+            }),
             method: method.clone(),
             rows: throughput,
         },
@@ -238,7 +219,7 @@ pub async fn scaling(settings: &Settings, backend: SocketAddr) -> anyhow::Result
             title: "Scaling: server CPU by number of tunnels",
             unit: "CPU seconds per GiB each way",
             higher_is_better: false,
-            baseline: Peer::NginxStream.name(),
+            baseline: BEST_PEER,
             target: None,
             method: format!(
                 "{method} The server's CPU time (user + system, all its processes and threads, from /proc) during the \

@@ -4,8 +4,8 @@
 //! each as a smoke test (no figure is asserted there).
 //!
 //! The scenarios, numbered as in the benchmark issue: 1 the router's direct data
-//! path, 4 handshakes, 5 memory and 7 scaling against other TLS terminators
-//! (`direct`); 2 the full chain's throughput and 3 set-up latency (`chain`);
+//! path, 5 memory and 7 scaling against other TLS terminators (`direct`), 4
+//! handshakes, full and resumed (`handshakes`); 2 the full chain's throughput and 3 set-up latency (`chain`);
 //! 6 the filter's overhead, in requests/s and in Envoy's CPU per request (`filter`);
 //! 8 the WebSocket upload direction (masked) against download (`upload`).
 //!
@@ -18,6 +18,7 @@ pub mod chain;
 pub mod compare;
 pub mod direct;
 pub mod filter;
+pub mod handshakes;
 pub mod measure;
 pub mod peers;
 pub mod report;
@@ -65,8 +66,10 @@ impl Baseline {
 /// The groups of scenarios, each run as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Group {
-    /// Scenarios 1 and 4: the router's direct data path and handshake rate.
+    /// Scenario 1: the router's direct data path.
     DataPath,
+    /// Scenario 4: TLS handshakes per second, full and resumed.
+    Handshakes,
     /// Scenarios 2 and 3: throughput and set-up latency through the full chain.
     Chain,
     /// Scenario 5: memory per idle tunnel.
@@ -83,8 +86,9 @@ pub enum Group {
 impl Group {
     /// The groups where the router is the subject: those a baseline router
     /// runs in (the filter's involves no router; scaling is left out).
-    pub const COMPARED: [Group; 4] = [
+    pub const COMPARED: [Group; 5] = [
         Group::DataPath,
+        Group::Handshakes,
         Group::WebSocketUpload,
         Group::Chain,
         Group::Memory,
@@ -134,12 +138,10 @@ pub fn turns(n: usize, round: usize, paired: &[usize]) -> Vec<usize> {
 /// the benchmark issue (the WebSocket upload beside the data path).
 pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
     let backend = Backend::start(&settings.bench_bin);
-    let mut data_path = Vec::new();
+    let mut scenarios = Vec::new();
     if settings.runs(Group::DataPath) {
-        data_path.extend(direct::data_path_and_handshakes(settings, backend.echo).await?);
+        scenarios.extend(direct::data_path(settings, backend.echo).await?);
     }
-    let handshakes = data_path.pop();
-    let mut scenarios = data_path;
     if settings.runs(Group::WebSocketUpload) {
         scenarios.push(upload::websocket_upload(settings, &backend).await?);
     }
@@ -149,7 +151,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
         scenarios.push(chain::throughput(settings, &chains).await?);
         scenarios.extend(chain::latency(settings, &chains).await?);
     }
-    scenarios.extend(handshakes);
+    if settings.runs(Group::Handshakes) {
+        scenarios.extend(handshakes::handshakes(settings, backend.echo).await?);
+    }
     if settings.runs(Group::Memory) {
         scenarios.extend(direct::memory(settings, backend.echo).await?);
     }

@@ -171,26 +171,86 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Full TLS handshakes per second with `concurrency` clients for `duration`.
+/// Which TLS handshakes [`handshake_rate`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Full handshakes: the client keeps no session.
+    Full,
+    /// Resumed handshakes: each client resumes the session (a TLS 1.3 session
+    /// ticket, PSK with ECDHE) its previous connection was given; no 0-RTT.
+    Resumed,
+}
+
+/// A client configuration for `peer` (which must terminate TLS), resuming
+/// sessions or not; built once per client, as its session cache must be.
+fn tls_config(peer: &Target, resume: bool) -> io::Result<Arc<rustls::ClientConfig>> {
+    let cert = peer
+        .cert
+        .as_ref()
+        .ok_or_else(|| io::Error::other("handshakes need a TLS peer"))?;
+    let alpn: Vec<&str> = peer.alpn.into_iter().collect();
+    let mut config = (*client_config(std::slice::from_ref(cert), &alpn, None)
+        .map_err(io::Error::other)?)
+    .clone();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(config))
+}
+
+/// One connection with `config`: the handshake, then one byte each way through
+/// to the backend (which proves the tunnel up, and brings the session tickets
+/// a TLS 1.3 server sends after its handshake). Returns whether it resumed.
+async fn handshake_once(peer: &Target, config: &Arc<rustls::ClientConfig>) -> io::Result<bool> {
+    let tcp = TcpStream::connect(peer.addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("envoy.test").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await?;
+    let resumed = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    s.write_all(b"x").await?;
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).await?;
+    Ok(resumed)
+}
+
+/// TLS handshakes (`kind`) per second with `concurrency` clients for
+/// `duration`. For resumed handshakes each client first makes one full
+/// handshake (not counted), and a handshake the server did not resume is an
+/// error: the figure would be some other mix.
 pub async fn handshake_rate(
     peer: &Target,
+    kind: Handshake,
     duration: Duration,
     concurrency: usize,
 ) -> io::Result<f64> {
+    let resume = kind == Handshake::Resumed;
+    let mut configs = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let config = tls_config(peer, resume)?;
+        if resume {
+            handshake_once(peer, &config).await?;
+        }
+        configs.push(config);
+    }
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
+    for config in configs {
         let done = done.clone();
         let peer = peer.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let mut s = connect(&peer, false).await?;
-                // One byte each way proves the tunnel is up, not only the handshake.
-                s.write_all(b"x").await?;
-                let mut one = [0u8; 1];
-                s.read_exact(&mut one).await?;
+                let resumed = handshake_once(&peer, &config).await?;
+                if resumed != resume {
+                    return Err(io::Error::other(format!(
+                        "{}: a {} handshake where a {kind:?} one was wanted",
+                        peer.addr,
+                        if resumed { "resumed" } else { "full" }
+                    )));
+                }
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, io::Error>(())

@@ -40,6 +40,9 @@ impl Peer {
         Peer::Envoy,
     ];
 
+    /// The other TLS terminators: those "the best peer" is chosen from.
+    pub const OTHERS: [Peer; 3] = [Peer::NginxStream, Peer::Haproxy, Peer::Envoy];
+
     /// The name in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -138,9 +141,10 @@ impl Running {
     /// children), if it is a process of its own.
     pub fn pid(&self) -> Option<u32> {
         match &self._guard {
-            Guard::None | Guard::Envoy { .. } => None,
+            Guard::None => None,
             Guard::Child { child, .. } => Some(child.id()),
             Guard::Router(router) => Some(router.process.pid()),
+            Guard::Envoy { _envoy, .. } => Some(_envoy.pid()),
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Target {
     pub ratio: f64,
     /// A bound the figure itself must also keep (lower is better).
     pub limit: Option<f64>,
+    /// The only group held to it, if not every group.
+    pub group: Option<&'static str>,
     /// The target in words.
     pub words: &'static str,
 }
@@ -82,10 +84,15 @@ impl Target {
             subjects: subjects.to_vec(),
             ratio,
             limit: None,
+            group: None,
             words,
         }
     }
 }
+
+/// The baseline that is, in each group, the best figure of the other TLS
+/// terminators ([`Peer::OTHERS`](crate::peers::Peer::OTHERS)).
+pub const BEST_PEER: &str = "the best peer";
 
 /// One scenario and its figures.
 #[derive(Debug, Clone, Serialize)]
@@ -109,12 +116,28 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The baseline's row in `row`'s group: for [`BEST_PEER`], the best of
+    /// the other TLS terminators there.
+    pub fn baseline_row(&self, row: &Row) -> Option<&Row> {
+        let mut same_group = self.rows.iter().filter(|r| r.group == row.group);
+        if self.baseline != BEST_PEER {
+            return same_group.find(|r| r.subject == self.baseline);
+        }
+        let peers = same_group.filter(|r| {
+            crate::peers::Peer::OTHERS
+                .iter()
+                .any(|p| p.name() == r.subject)
+        });
+        if self.higher_is_better {
+            peers.max_by(|a, b| a.value.total_cmp(&b.value))
+        } else {
+            peers.min_by(|a, b| a.value.total_cmp(&b.value))
+        }
+    }
+
     /// The baseline's figure in `row`'s group.
     fn baseline_of(&self, row: &Row) -> Option<f64> {
-        self.rows
-            .iter()
-            .find(|r| r.subject == self.baseline && r.group == row.group)
-            .map(|r| r.value)
+        self.baseline_row(row).map(|r| r.value)
     }
 
     /// `row`'s figure divided by the baseline's of its group.
@@ -139,9 +162,10 @@ impl Scenario {
 
     /// Whether `row` is held to the target.
     pub fn is_targeted(&self, row: &Row) -> bool {
-        self.target
-            .as_ref()
-            .is_some_and(|t| t.subjects.contains(&row.subject.as_str()))
+        self.target.as_ref().is_some_and(|t| {
+            t.subjects.contains(&row.subject.as_str())
+                && t.group.is_none_or(|g| row.group.as_deref() == Some(g))
+        })
     }
 
     /// The rows held to the target.
@@ -299,7 +323,10 @@ pub fn markdown(report: &Report, plots_rel: &str) -> String {
     for s in scenarios {
         let Some(target) = &s.target else { continue };
         for r in s.targeted() {
-            let ratio = s.ratio(r).map_or("-".into(), |x| format!("{x:.2}"));
+            let mut ratio = s.ratio(r).map_or("-".into(), |x| format!("{x:.2}"));
+            if let (BEST_PEER, Some(best)) = (s.baseline, s.baseline_row(r)) {
+                ratio += &format!(" (to {})", best.subject);
+            }
             let met = if s.met(r) == Some(true) {
                 "yes"
             } else {
@@ -322,7 +349,12 @@ pub fn markdown(report: &Report, plots_rel: &str) -> String {
             s.title, s.method, s.unit, s.baseline
         );
         for r in &s.rows {
-            let ratio = s.ratio(r).map_or("-".into(), |x| format!("{x:.2}"));
+            let mut ratio = s.ratio(r).map_or("-".into(), |x| format!("{x:.2}"));
+            if let (BEST_PEER, Some(best)) = (s.baseline, s.baseline_row(r)) {
+                if best.subject == r.subject {
+                    ratio += " (the best peer)";
+                }
+            }
             let _ = writeln!(md, "| {} | {} | {ratio} |", r.label(), figure(r.value));
         }
         let _ = writeln!(md, "\n![{}]({plots_rel}/{}.svg)\n", s.title, s.id);
@@ -363,4 +395,55 @@ pub fn write(
         fs::write(plots.join(format!("{}.svg", s.id)), svg(s))?;
     }
     fs::write(markdown_path, markdown(report, plots_rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Row, Scenario, Target, BEST_PEER};
+
+    fn scenario(higher_is_better: bool) -> Scenario {
+        Scenario {
+            id: "t",
+            title: "t",
+            unit: "u",
+            higher_is_better,
+            baseline: BEST_PEER,
+            target: Some(Target {
+                group: Some("big"),
+                ..Target::new(&["alpn-router"], 1.0, "t")
+            }),
+            method: String::new(),
+            rows: vec![
+                Row::grouped("alpn-router", "small", 5.0),
+                Row::grouped("nginx stream", "small", 4.0),
+                Row::grouped("Envoy tcp_proxy", "small", 8.0),
+                Row::grouped("raw TCP (ceiling)", "big", 100.0),
+                Row::grouped("alpn-router", "big", 10.0),
+                Row::grouped("nginx stream", "big", 12.0),
+                Row::grouped("HAProxy tcp+ssl", "big", 9.0),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_best_peer_is_chosen_in_each_group_among_the_other_terminators() {
+        let s = scenario(true);
+        let best = |i: usize| s.baseline_row(&s.rows[i]).map(|r| r.subject.as_str());
+        assert_eq!(best(0), Some("Envoy tcp_proxy"));
+        // Raw TCP is the ceiling, not a peer.
+        assert_eq!(best(4), Some("nginx stream"));
+        assert_eq!(s.ratio(&s.rows[4]), Some(10.0 / 12.0));
+        // Only the router in the named group is held to the target.
+        let targeted: Vec<String> = s.targeted().map(Row::label).collect();
+        assert_eq!(targeted, ["alpn-router, big"]);
+        assert_eq!(s.met(&s.rows[4]), Some(false));
+        assert_eq!(s.met(&s.rows[0]), None);
+
+        let s = scenario(false);
+        assert_eq!(
+            s.baseline_row(&s.rows[4]).map(|r| r.subject.as_str()),
+            Some("HAProxy tcp+ssl")
+        );
+        assert_eq!(s.met(&s.rows[4]), Some(false));
+    }
 }

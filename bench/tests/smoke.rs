@@ -28,6 +28,7 @@ async fn every_scenario_runs_and_reports() {
             "latency-p50",
             "latency-p99",
             "handshakes",
+            "handshakes-resumed",
             "memory-1k",
             "memory-10k",
             "filter-overhead",
@@ -39,9 +40,7 @@ async fn every_scenario_runs_and_reports() {
     for s in &scenarios {
         for r in &s.rows {
             assert!(
-                s.rows
-                    .iter()
-                    .any(|b| b.subject == s.baseline && b.group == r.group),
+                s.baseline_row(r).is_some(),
                 "{} / {}: no baseline in its group",
                 s.id,
                 r.label()
@@ -71,16 +70,33 @@ async fn every_scenario_runs_and_reports() {
             );
         }
     }
-    let scaling = &scenarios[11];
+    let scaling = &scenarios[12];
     assert_eq!(
         scaling.rows.iter().map(|r| r.label()).collect::<Vec<_>>(),
         [
             "alpn-router, 1 tunnel",
             "nginx stream, 1 tunnel",
+            "HAProxy tcp+ssl, 1 tunnel",
+            "Envoy tcp_proxy, 1 tunnel",
             "alpn-router, 16 tunnels",
-            "nginx stream, 16 tunnels"
+            "nginx stream, 16 tunnels",
+            "HAProxy tcp+ssl, 16 tunnels",
+            "Envoy tcp_proxy, 16 tunnels",
         ]
     );
+    // Every peer in the memory scenarios, each a process of its own.
+    for id in ["memory-1k", "memory-10k"] {
+        let memory = scenarios.iter().find(|s| s.id == id).unwrap();
+        assert_eq!(
+            memory.rows.iter().map(|r| r.label()).collect::<Vec<_>>(),
+            [
+                "alpn-router",
+                "nginx stream",
+                "HAProxy tcp+ssl",
+                "Envoy tcp_proxy"
+            ]
+        );
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let environment = report::environment(&router_bin);
@@ -105,6 +121,8 @@ async fn every_scenario_runs_and_reports() {
         "| Full chain: download through nginx (as the ALB), Envoy + filter, router | at least 80% of plain HTTPS through the same chain | tunnel via nginx + Envoy, websocket |",
         "| Tunnel set-up latency, 99th percentile | no worse than 2x one HTTPS request | tunnel via nginx + Envoy, alpn-ping |",
         "| alpn-router, 16 tunnels |",
+        "| Full TLS 1.3 handshakes per second | at least 1.1x the best peer | alpn-router |",
+        "| Memory per idle tunnel, 1,000 tunnels | below every peer, and at most 16 KiB | alpn-router |",
         "![Scaling: server CPU by number of tunnels](plots/scaling-cpu.svg)",
     ] {
         assert!(md.contains(line), "{line:?} missing from:\n{md}");
@@ -117,8 +135,8 @@ async fn every_scenario_runs_and_reports() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("latest.json")).unwrap())
             .unwrap();
-    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(13));
-    assert_eq!(json["scenarios"][11]["rows"][2]["group"], "16 tunnels");
+    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(14));
+    assert_eq!(json["scenarios"][12]["rows"][4]["group"], "16 tunnels");
 }
 
 /// A comparison run: the same router binary as its own baseline, so the code
@@ -150,6 +168,7 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
             "latency-p50",
             "latency-p99",
             "handshakes",
+            "handshakes-resumed",
             "memory-1k",
             "memory-10k",
         ]
@@ -170,12 +189,13 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
         ("chain-throughput", "tunnel, direct to the router"),
         ("latency-p50", "tunnel via nginx + Envoy, websocket"),
         ("handshakes", "alpn-router"),
+        ("handshakes-resumed", "alpn-router"),
         ("memory-10k", "alpn-router"),
     ] {
         assert!(paired.contains(&expected), "{expected:?} not in {paired:?}");
     }
-    // 1 + 1 + 4 + 4 + 4 + 4 + 1 + 1 + 1: the router's subjects, and no other.
-    assert_eq!(pairs.len(), 21, "{paired:?}");
+    // 1 + 1 + 4 + 4 + 4 + 4 + 1 + 1 + 1 + 1: the router's subjects, and no other.
+    assert_eq!(pairs.len(), 22, "{paired:?}");
     for p in &pairs {
         assert!(p.ratio.is_finite() || p.baseline == 0.0, "{p:?}");
     }
@@ -201,5 +221,5 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
         &std::fs::read_to_string(dir.path().join("compare-same.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(json["pairs"].as_array().map(Vec::len), Some(21));
+    assert_eq!(json["pairs"].as_array().map(Vec::len), Some(22));
 }

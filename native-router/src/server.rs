@@ -496,6 +496,7 @@ fn conn_span(router: &Router, kind: Kind, peer: SocketAddr) -> Span {
         sni = field::Empty,
         alpn = field::Empty,
         route = field::Empty,
+        tls = field::Empty,
     )
 }
 
@@ -671,6 +672,7 @@ async fn serve_tls<S: Finish>(
     }
     note("alpn", &route.alpn);
     note("route", &label);
+    note("tls", if hs.resumed { "resumed" } else { "full" });
     router.metrics.connection(listener, conn.framing, &label);
     let started = Instant::now();
     let backend = match unless_closing!(

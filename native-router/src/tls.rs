@@ -238,6 +238,12 @@ fn server_config(
     };
     let mut config = builder.with_cert_resolver(certs);
     config.alpn_protocols = vec![route.alpn.as_bytes().to_vec()];
+    // Stateless session tickets, so that every client can resume (rustls's
+    // default keeps 256 sessions in memory, two per full handshake). A ticketer
+    // per route and per configuration load: a ticket resumes only on the route
+    // (and its client-certificate policy) that issued it, and not past a
+    // reload. No 0-RTT (`max_early_data_size` stays 0).
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
 }
 
@@ -248,6 +254,8 @@ pub(crate) struct Handshake {
     pub(crate) sni: Option<String>,
     /// The index of the chosen route.
     pub(crate) route: usize,
+    /// Whether the client resumed an earlier session (a session ticket).
+    pub(crate) resumed: bool,
 }
 
 /// Why the inner handshake failed.
@@ -326,7 +334,15 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             route: routes[index].alpn.clone(),
             error,
         })?;
-    Ok((stream, Handshake { sni, route: index }))
+    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    Ok((
+        stream,
+        Handshake {
+            sni,
+            route: index,
+            resumed,
+        },
+    ))
 }
 
 /// A TLS client configuration trusting `cas`, offering `alpn` (may be empty),

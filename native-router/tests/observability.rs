@@ -79,6 +79,7 @@ async fn json_logs_carry_each_connections_facts_as_fields() {
         ("sni", "router.test"),
         ("alpn", "redis"),
         ("route", "redis"),
+        ("tls", "full"),
     ] {
         assert_eq!(span[field], value, "{field}: {line}");
     }

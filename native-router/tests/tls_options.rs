@@ -189,3 +189,101 @@ async fn server_certificates_per_sni_and_tls_1_2() {
     );
     assert_eq!(echo_once(&mut tls).await.unwrap(), b"hello backend");
 }
+
+/// The inner TLS of a connection from `config`, and whether it resumed; one
+/// echo goes through first, so the session tickets have arrived.
+async fn inner_handshake(
+    router: &InProcessRouter,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<bool> {
+    let tcp = tokio::net::TcpStream::connect(router.direct).await?;
+    let mut tls = client::inner_tls(tcp, config, "router.test").await?;
+    assert_eq!(echo_once(&mut tls).await?, b"hello backend");
+    Ok(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_resumes_its_inner_tls_session_on_the_route_that_issued_it() {
+    let pki = Pki::new();
+    let echo_backend = backend(echo);
+    let routes = format!(
+        "[[route]]\nalpn = \"echo\"\nbackend = \"{a}\"\n\
+         [[route]]\nalpn = \"pg\"\nbackend = \"{a}\"\nclient_ca = \"clients-ca.pem\"\n",
+        a = echo_backend.addr
+    );
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
+    // More clients than a server-side session cache of 256 holds (rustls's
+    // default, two sessions per full handshake): each has a cache of its own.
+    let clients: Vec<_> = (0..200)
+        .map(|_| client_config(std::slice::from_ref(&pki.server_ca), &["echo"], None).unwrap())
+        .collect();
+    for config in &clients {
+        assert!(
+            !inner_handshake(&router, config.clone()).await.unwrap(),
+            "a client's first handshake is a full one"
+        );
+    }
+    let mut full = 0;
+    for config in &clients {
+        if !inner_handshake(&router, config.clone()).await.unwrap() {
+            full += 1;
+        }
+    }
+    assert_eq!(full, 0, "of 200 clients, {full} could not resume");
+    router.wait_for("tls=resumed");
+
+    // The same client's ticket on the route that asks for a client certificate:
+    // a full handshake, which asks for it.
+    let mut pg = (*client_config(
+        std::slice::from_ref(&pki.server_ca),
+        &["pg"],
+        Some(&pki.client),
+    )
+    .unwrap())
+    .clone();
+    pg.resumption = clients[0].resumption.clone();
+    assert!(
+        !inner_handshake(&router, Arc::new(pg)).await.unwrap(),
+        "a ticket of route echo must not resume on route pg"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_tunnel_resumes_the_inner_tls_for_its_later_tunnels() {
+    use alpn_tunnel::{Client, Options, ServerUrl, UpgradeMode};
+    let pki = Pki::new();
+    let echo_backend = backend(echo);
+    let routes = format!(
+        "[[route]]\nalpn = \"echo\"\nbackend = \"{}\"\n",
+        echo_backend.addr
+    );
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
+    let client = Client::new(
+        ServerUrl::parse(&format!("https://{}", router.direct)).unwrap(),
+        "echo",
+        Options {
+            sni: Some("router.test".into()),
+            ca: Some(vec![pki.server_ca.clone()]),
+            upgrade: UpgradeMode::Never,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let (mut s, _) = client.connect().await.unwrap();
+        assert_eq!(echo_once(&mut s).await.unwrap(), b"hello backend");
+    }
+    let log = router.log();
+    let kinds: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tunnel open"))
+        .map(|l| {
+            if l.contains("tls=resumed") {
+                "resumed"
+            } else {
+                "full"
+            }
+        })
+        .collect();
+    assert_eq!(kinds, ["full", "resumed", "resumed"], "{log}");
+}
