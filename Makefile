@@ -223,7 +223,8 @@ soak: rust-setup envoy services
 	@$(call apt_need,sysctl,procps)
 	cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
 	cargo test --locked --release -p alpn-router --test soak --no-run
-	SOAK_HOST_CC=$$(cat /proc/sys/net/ipv4/tcp_congestion_control) unshare --net sh -ec '\
+	SOAK_HOST_CC=$$(cat /proc/sys/net/ipv4/tcp_congestion_control) \
+	SOAK_HOST_NETNS=$$(readlink /proc/self/ns/net) unshare --net sh -ec '\
 	  ip link set lo up; \
 	  sysctl -q -w net.ipv4.tcp_congestion_control=$(SOAK_CC); \
 	  exec cargo test --locked --offline --release -p alpn-router --test soak'

@@ -751,11 +751,11 @@ fn main() {
 fn network() -> String {
     let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
         .map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
-    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-    let own = match (ns("self"), ns("1")) {
-        (Some(a), Some(b)) => a != b,
-        _ => false,
-    };
+    // `make soak` passes the machine's namespace (`/proc/1/ns/net` is not
+    // readable in every container, even as root).
+    let ours = std::fs::read_link("/proc/self/ns/net").ok();
+    let host = std::env::var_os("SOAK_HOST_NETNS").map(std::path::PathBuf::from);
+    let own = matches!((ours, host), (Some(a), Some(b)) if a != b);
     let host = std::env::var("SOAK_HOST_CC").unwrap_or_else(|_| "not told".into());
     let why = "why it matters: the congestion control applies to loopback too, and under \
                BBR a loaded loopback socket was paced down to about 154 kbit/s with \
