@@ -211,10 +211,23 @@ $(CARGO_FUZZ):
 ## the router's memory and descriptors sampled. Minutes; not part of make test.
 ## Prints the figures and writes SOAK.md (SOAK_PHASES="1000x10,200x100" sets
 ## the phases, SOAK_REPORT the report's path). Fails on any corrupt or lost
-## tunnel, or descriptors the router does not give back.
+## tunnel, descriptors the router does not give back, or a tunnel it still
+## counts active. Runs (as root) in a network namespace of its own, loopback
+## only, whose TCP congestion control is SOAK_CC (default cubic; the machine's
+## own setting stays as it is): it applies to loopback too, and BBR's pacing
+## stalled loaded loopback sockets (see SOAK.md).
+SOAK_CC ?= cubic
 soak: rust-setup envoy services
+	@$(call apt_need,unshare,util-linux)
+	@$(call apt_need,ip,iproute2)
+	@$(call apt_need,sysctl,procps)
 	cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
-	cargo test --locked --release -p alpn-router --test soak
+	cargo test --locked --release -p alpn-router --test soak --no-run
+	SOAK_HOST_CC=$$(cat /proc/sys/net/ipv4/tcp_congestion_control) \
+	SOAK_HOST_NETNS=$$(readlink /proc/self/ns/net) unshare --net sh -ec '\
+	  ip link set lo up; \
+	  sysctl -q -w net.ipv4.tcp_congestion_control=$(SOAK_CC); \
+	  exec cargo test --locked --offline --release -p alpn-router --test soak'
 
 ## bench: the benchmarks against nginx stream, HAProxy and Envoy (release
 ## builds); writes bench/results/latest.json, bench/plots/*.svg, BENCHMARKS.md.

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod cache;
+mod closing;
 pub mod config_file;
 mod detect;
 mod forward;
@@ -39,6 +40,7 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::closing::{Carrier, Tunnel};
 use crate::pem::CertKey;
 use crate::tls::client_config;
 use alpn_protocol::framing::Io;
@@ -46,6 +48,7 @@ use alpn_protocol::framing::{Framing, Subprotocol};
 use alpn_protocol::handshake::AnswerError;
 use alpn_protocol::names::Names;
 
+pub use closing::CLOSE_DEADLINE;
 pub use detect::Path;
 pub use forward::{accept_until, forward};
 pub use handshake::{inner_tls, upgrade};
@@ -532,7 +535,7 @@ pub enum PathChoice {
 
 /// The inner TLS stream of a tunnel, over whatever carries it (TCP, or an
 /// upgraded connection to a load balancer).
-pub(crate) type InnerTls = tokio_rustls::client::TlsStream<Box<dyn Io>>;
+pub(crate) use closing::InnerTls;
 
 impl Client {
     /// A client of `server` for `alpn`.
@@ -694,7 +697,7 @@ impl Client {
     /// path would explain is retried once on that path (PROTOCOL.md section 6).
     pub async fn connect(&self) -> Result<(Box<dyn Io>, Path), ClientError> {
         let (tls, in_use) = self.establish().await?;
-        Ok((Box::new(tls), in_use))
+        Ok((Box::new(Tunnel::new(tls)), in_use))
     }
 
     async fn establish(&self) -> Result<(InnerTls, Path), ClientError> {
@@ -840,7 +843,7 @@ impl Client {
     /// it and the path in use.
     pub async fn open(&self, path: Path) -> Result<(Box<dyn Io>, Path), ClientError> {
         let (tls, in_use) = self.pipeline(path).await?;
-        Ok((Box::new(tls), in_use))
+        Ok((Box::new(Tunnel::new(tls)), in_use))
     }
 
     /// Runs one network step under its deadline: the step's own result, or
@@ -873,12 +876,12 @@ impl Client {
     /// last step): TCP; for an upgrade, outer TLS (`https://`) and the
     /// upgrade; then the inner TLS, whose ALPN must be the route's.
     pub(crate) async fn pipeline(&self, path: Path) -> Result<(InnerTls, Path), ClientError> {
-        let (carrier, in_use): (Box<dyn Io>, Path) = match path {
-            Path::Direct => (Box::new(self.tcp().await?), path),
+        let (carrier, in_use) = match path {
+            Path::Direct => (Carrier::Direct(self.tcp().await?), path),
             Path::Upgrade(framing) => {
                 let framed = self.upgraded(framing).await?;
                 let in_use = Path::Upgrade(framed.framing());
-                (Box::new(framed), in_use)
+                (Carrier::Upgraded(framed), in_use)
             }
         };
         Ok((self.inner(carrier, in_use).await?, in_use))
@@ -1053,7 +1056,7 @@ impl Client {
     }
 
     /// The inner TLS on `carrier`, which must negotiate the route's ALPN.
-    async fn inner(&self, carrier: Box<dyn Io>, path: Path) -> Result<InnerTls, ClientError> {
+    async fn inner(&self, carrier: Carrier, path: Path) -> Result<InnerTls, ClientError> {
         let failed = |error| ClientError::InnerTls {
             alpn: self.alpn.clone(),
             path,

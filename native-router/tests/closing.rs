@@ -2,19 +2,25 @@
 //! gets every byte and a clean end (the router waits for the client's Close or
 //! EOF before it closes, so no late Pong becomes a reset); a backend failure
 //! reaches the client as a truncation (no `close_notify`) through every
-//! framing; a quiet half-closed tunnel is closed.
+//! framing; a quiet half-closed tunnel is closed; a client that sends its
+//! last bytes after the router's `close_notify` loses none of them to a
+//! router ping it has not read (it runs its closing handshake before it
+//! closes).
 
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use alpn_protocol::framing::{Framing, Subprotocol};
+use alpn_protocol::framing::{Framed, Framing, Role, Subprotocol};
 use alpn_tunnel::{Client, Options, ServerUrl, UpgradeMode};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
 use integration_tests::payload;
 use sha1::{Digest, Sha1};
-use support::{addr_for, config, name, tunnel, InProcessRouter, Pki, DEADLINE, FRAMINGS};
+use support::{
+    addr_for, config, name, router_server_config, tunnel, InProcessRouter, Pki, DEADLINE, FRAMINGS,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
@@ -267,4 +273,116 @@ async fn a_quiet_half_closed_tunnel_is_closed() {
         "{line}"
     );
     drop(s);
+}
+
+/// The end of a pinged tunnel whose backend finished first (issue 14's soak
+/// lost such tunnels): the router's data and `close_notify` come first, then,
+/// while the router waits for the rest of the client's data, one of its pings;
+/// the client's TLS reads nothing after `close_notify`, so the ping stays
+/// unread. The client then sends its data and shuts down. Closing its socket
+/// at that point (with the ping unread) makes the kernel send a reset and
+/// throw away what has not left the client's socket yet, the end of its data:
+/// the client must first run its closing handshake (read on, exchange Close
+/// or FIN). A test server stands in for the router (the router's upgrade
+/// answer and framing, pings every 50 ms) so that the order is certain: it
+/// reads nothing of the client's data until the client has written all of it
+/// and called shutdown (one thread: the client runs until it waits).
+#[tokio::test]
+async fn a_client_that_finishes_after_the_router_loses_nothing_to_an_unread_ping() {
+    let pki = Pki::new();
+    // More than the router's socket takes while it does not read: the rest
+    // waits in the client's socket.
+    let data = payload(256 << 10, 21);
+    for framing in [
+        Framing::AlpnPing,
+        Framing::WebSocket(Subprotocol::Alpn),
+        Framing::WebSocket(Subprotocol::AlpnPing),
+    ] {
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(router_server_config(&pki, "bulk")));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (read_end, client_read_end) = tokio::sync::oneshot::channel::<()>();
+        let (pinged, router_pinged) = tokio::sync::oneshot::channel::<()>();
+        let (written, client_written) = tokio::sync::oneshot::channel::<()>();
+        let router = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let accepted =
+                alpn_router::accept_upgrade(&mut tcp, &alpn_protocol::names::Names::default())
+                    .await
+                    .unwrap();
+            let in_use = accepted.framing;
+            let framed = Framed::new(
+                in_use,
+                Role::Server,
+                tcp,
+                accepted.leftover,
+                Duration::from_millis(50),
+            );
+            let mut tls = acceptor.accept(framed).await.unwrap();
+            // The backend finished first: its answer, then close_notify.
+            tls.write_all(b"the backend's answer").await.unwrap();
+            tls.shutdown().await.unwrap();
+            client_read_end.await.unwrap();
+            // Waiting for the client's data, the router pings.
+            let quiet = timeout(Duration::from_millis(300), tls.read(&mut [0u8; 1])).await;
+            assert!(quiet.is_err(), "{in_use:?}: the client sent nothing yet");
+            pinged.send(()).unwrap();
+            client_written.await.unwrap();
+            let mut got = Vec::new();
+            let read = timeout(DEADLINE, tls.read_to_end(&mut got))
+                .await
+                .expect("the client's data within the deadline");
+            // Then the router's end of the closing handshake.
+            let mut framed = tls.into_inner().0;
+            let closed = timeout(DEADLINE, std::future::poll_fn(|cx| framed.poll_close(cx))).await;
+            (in_use, got, read, closed)
+        });
+        let options = Options {
+            sni: Some("router.test".into()),
+            ca: Some(vec![pki.server_ca.clone()]),
+            upgrade: UpgradeMode::Framing(framing),
+            cache: None,
+            ..Options::default()
+        };
+        let client = Client::new(
+            ServerUrl::parse(&format!("http://{addr}")).unwrap(),
+            "bulk",
+            options,
+        )
+        .unwrap();
+        let (mut s, _) = timeout(DEADLINE, client.connect()).await.unwrap().unwrap();
+        let mut answer = Vec::new();
+        timeout(DEADLINE, s.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, b"the backend's answer");
+        read_end.send(()).unwrap();
+        timeout(DEADLINE, router_pinged).await.unwrap().unwrap();
+        timeout(DEADLINE, s.write_all(&data))
+            .await
+            .unwrap()
+            .unwrap();
+        written.send(()).unwrap();
+        timeout(DEADLINE, s.shutdown()).await.unwrap().unwrap();
+        drop(s);
+        let (in_use, got, read, closed) = timeout(DEADLINE, router).await.unwrap().unwrap();
+        assert!(
+            in_use.pings_as(Role::Server),
+            "{framing:?}: the router pings in {in_use:?}"
+        );
+        assert_eq!(
+            got.len(),
+            data.len(),
+            "{framing:?} ({in_use:?}): the router got {} of the client's {} bytes ({read:?})",
+            got.len(),
+            data.len()
+        );
+        assert_eq!(Sha1::digest(&got), Sha1::digest(&data));
+        read.expect("the client's close_notify");
+        closed
+            .expect("the client's end of the closing handshake within the deadline")
+            .expect("the client's Close or FIN, not a reset");
+    }
 }

@@ -22,7 +22,10 @@
 //! Phases: `SOAK_PHASES` (default `1000x10,200x100`: tunnels x MiB each).
 //! The report goes to stdout and to `SOAK_REPORT` (default `SOAK.md` at the
 //! repository's root). The run fails (exit 1) if any tunnel is corrupt or
-//! lost, or the router holds more descriptors after a phase than before it.
+//! lost, or the router holds more descriptors after a phase than before it,
+//! or still counts a tunnel active once every client is done.
+//!
+//! `make soak` runs it in a network namespace of its own (see [`network`]).
 
 mod support;
 
@@ -273,6 +276,9 @@ struct Phase {
     peak: Sample,
     after: Sample,
     settled_in: Option<Duration>,
+    /// The router's `alpn_router_tunnels_active` after the settling wait:
+    /// tunnels it still holds open although every client is done.
+    active_after: Option<u64>,
     /// Per way: intact at both ends, corrupt, lost.
     by_way: BTreeMap<&'static str, [usize; 3]>,
     errors: BTreeMap<String, usize>,
@@ -461,6 +467,7 @@ async fn run_phase(chain: &Chain, tunnels: usize, mib: u64, first_id: u64) -> Ph
         peak,
         after,
         settled_in,
+        active_after: None,
         by_way,
         errors,
     }
@@ -514,7 +521,14 @@ fn report(phases: &[Phase], setup: &str, metrics: &str, started: &str) -> String
                 SETTLE.as_secs()
             ),
         };
-        let _ = writeln!(r, "- router descriptors: {settled}\n");
+        let active = p
+            .active_after
+            .map_or_else(|| "unknown".into(), |n| n.to_string());
+        let _ = writeln!(r, "- router descriptors: {settled}");
+        let _ = writeln!(
+            r,
+            "- tunnels the router still counted active after that (`alpn_router_tunnels_active`): {active}\n"
+        );
         let _ = writeln!(r, "| router | before | peak | after |");
         let _ = writeln!(r, "|---|---:|---:|---:|");
         let _ = writeln!(
@@ -632,8 +646,7 @@ fn main() {
          so the router's counters below show how each `websocket` way was carried.) \
          Each moves its size in random bytes each way at once, SHA-256 checked at both ends. \
          Descriptor limit (RLIMIT_NOFILE) of every process: {limit}. Machine: {} cores, \
-         load average at the start {}, TCP congestion control `{}` (loopback included: \
-         BBR's pacing stalls loaded loopback sockets, see the notes of SOAK.md).",
+         load average at the start {}. {}",
         version("/usr/sbin/nginx", &["-v"], "nginx version: "),
         IDLE.as_secs(),
         version(
@@ -650,8 +663,7 @@ fn main() {
             .take(3)
             .collect::<Vec<_>>()
             .join(" "),
-        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-            .map_or_else(|_| "unknown".into(), |s| s.trim().to_string()),
+        network(),
     );
     println!("{setup}");
     let path = std::env::var("SOAK_REPORT")
@@ -687,10 +699,16 @@ fn main() {
     let mut first_id = 0u64;
     for (i, &(tunnels, mib)) in phases.iter().enumerate() {
         println!("phase: {tunnels} tunnels x {mib} MiB each way ...");
-        let phase = runtime.block_on(run_phase(&chain, tunnels, mib, first_id));
+        let mut phase = runtime.block_on(run_phase(&chain, tunnels, mib, first_id));
+        phase.active_after = chain
+            .router
+            .get("/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("alpn_router_tunnels_active "))
+            .and_then(|v| v.trim().parse().ok());
         first_id += tunnels as u64;
         println!(
-            "  intact {} corrupt {} lost {} in {:.1} s ({:.1} MiB/s); router fds {} -> {} -> {}, RSS {} -> {} -> {}",
+            "  intact {} corrupt {} lost {} in {:.1} s ({:.1} MiB/s); router fds {} -> {} -> {}, RSS {} -> {} -> {}, tunnels active after {:?}",
             phase.intact(),
             phase.corrupt(),
             phase.lost(),
@@ -702,6 +720,7 @@ fn main() {
             in_mib(phase.before.rss_kib),
             in_mib(phase.peak.hwm_kib.max(phase.peak.rss_kib)),
             in_mib(phase.after.rss_kib),
+            phase.active_after,
         );
         done.push(phase);
         write_report(&done, &phases[i + 1..]);
@@ -709,9 +728,9 @@ fn main() {
     let text = write_report(&done, &[]);
     println!("\n{text}");
     println!("report written to {}", path.display());
-    let failed = done
-        .iter()
-        .any(|p| p.corrupt() > 0 || p.lost() > 0 || p.settled_in.is_none());
+    let failed = done.iter().any(|p| {
+        p.corrupt() > 0 || p.lost() > 0 || p.settled_in.is_none() || p.active_after != Some(0)
+    });
     drop(chain);
     runtime.shutdown_timeout(Duration::from_secs(5));
     if failed {
@@ -719,6 +738,41 @@ fn main() {
             "soak FAILED: corrupt or lost tunnels, or descriptors not given back (see the report)"
         );
         std::process::exit(1);
+    }
+}
+
+/// Where the soak's connections run, and with which TCP congestion control.
+/// `make soak` runs it in a network namespace of its own whose congestion
+/// control is `SOAK_CC` (cubic unless set): the setting applies to loopback
+/// too, and under BBR (this machine's default when the soak was written) the
+/// kernel paced stuck loopback sockets down to about 154 kbit/s with megabytes
+/// queued, so tunnels made no progress for the soak's deadline (300 x 10 MiB:
+/// 21 lost under BBR, 6 under cubic, before the client's closing handshake).
+fn network() -> String {
+    let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
+    // `make soak` passes the machine's namespace (`/proc/1/ns/net` is not
+    // readable in every container, even as root).
+    let ours = std::fs::read_link("/proc/self/ns/net").ok();
+    let host = std::env::var_os("SOAK_HOST_NETNS").map(std::path::PathBuf::from);
+    let own = matches!((ours, host), (Some(a), Some(b)) if a != b);
+    let host = std::env::var("SOAK_HOST_CC").unwrap_or_else(|_| "not told".into());
+    let why = "why it matters: the congestion control applies to loopback too, and under \
+               BBR a loaded loopback socket was paced down to about 154 kbit/s with \
+               megabytes queued (`ss -tni`), stalling tunnels past the soak's 120 s \
+               no-progress deadline (an earlier 300 x 10 MiB run: 21 tunnels lost under \
+               BBR, 6 under cubic, at 38 against 153 MiB/s)";
+    if own {
+        format!(
+            "Network: a namespace of its own (`make soak`: `unshare --net`, loopback only) \
+             with TCP congestion control `{cc}` (`SOAK_CC`; the machine's own, left as it \
+             is: `{host}`); {why}."
+        )
+    } else {
+        format!(
+            "Network: the machine's own (not `make soak`'s namespace), TCP congestion \
+             control `{cc}`; {why}."
+        )
     }
 }
 

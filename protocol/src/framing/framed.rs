@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -70,6 +70,9 @@ pub struct Framed<S> {
     framing: Framing,
     /// The read side has ended (EOF or a Close frame).
     read_done: bool,
+    /// [`Framed::poll_close`] has begun: our end of the framing is out (a
+    /// WebSocket Close queued, or FIN), and this much has been discarded since.
+    closing: Option<u64>,
 }
 
 enum Kind<S> {
@@ -103,6 +106,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             kind,
             framing,
             read_done: false,
+            closing: None,
+        }
+    }
+
+    /// The closing handshake of a tunnel whose inner TLS is over both ways
+    /// (`close_notify` sent and received), for the side that closes last (the
+    /// client): our end of the framing (a WebSocket Close 1000 unless the
+    /// peer's Close came first; FIN for `alpn` and `alpn-ping`, which have no
+    /// Close), then reading and discarding through the framing (answering
+    /// Pings, skipping pings) until the peer's Close or EOF, then FIN.
+    /// `Ready(Ok)` once the peer has ended its side; an error if the
+    /// connection failed on the way, or more than [`DISCARD_LIMIT`] arrived.
+    /// The caller bounds it with a deadline. Closing without it would turn a
+    /// late ping, Pong or Close from the peer into a reset, which destroys
+    /// what we sent that the peer has not read yet.
+    pub fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.closing.is_none() {
+            match &mut self.kind {
+                Kind::WebSocket(ws) => ws.queue_close(websocket::CLOSE_NORMAL),
+                Kind::Raw(s) => ready!(Pin::new(s).poll_shutdown(cx))?,
+                Kind::AlpnPing(s) => ready!(Pin::new(s).poll_shutdown(cx))?,
+            }
+            self.closing = Some(0);
+        }
+        if let Kind::WebSocket(ws) = &mut self.kind {
+            ready!(Pin::new(&mut **ws).poll_flush(cx))?;
+        }
+        let mut scratch = [0u8; 4096];
+        while !self.read_done {
+            let mut buf = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut *self).poll_read(cx, &mut buf))?;
+            let discarded = self.closing.get_or_insert(0);
+            *discarded += buf.filled().len() as u64;
+            if *discarded > DISCARD_LIMIT {
+                return Poll::Ready(Err(io::Error::other(format!(
+                    "the peer sent more than {DISCARD_LIMIT} bytes after the end of the tunnel"
+                ))));
+            }
+        }
+        // Our Close and the peer's are out: now the TCP (or outer TLS) end.
+        match &mut self.kind {
+            Kind::WebSocket(ws) => Pin::new(&mut **ws).poll_shutdown(cx),
+            Kind::Raw(_) | Kind::AlpnPing(_) => Poll::Ready(Ok(())),
         }
     }
 
