@@ -23,6 +23,7 @@ mod detect;
 mod forward;
 pub mod handshake;
 pub mod pem;
+pub mod pool;
 pub mod probe;
 pub mod proxy;
 pub mod server_url;
@@ -47,7 +48,7 @@ use alpn_protocol::handshake::AnswerError;
 use alpn_protocol::names::Names;
 
 pub use detect::Path;
-pub use forward::{accept_until, forward};
+pub use forward::{accept_until, forward, forward_pooled};
 pub use handshake::{inner_tls, upgrade};
 pub use proxy::{Proxy, ProxyError};
 pub use server_url::ServerUrl;
