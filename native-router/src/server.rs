@@ -648,7 +648,7 @@ async fn await_first_byte(
         }
         preopen::Waited::Failed(e) => format!("reading failed: {e}"),
         preopen::Waited::Expired => format!(
-            "no inner byte within limits.preopen_timeout ({}): the pre-opened tunnel's wait is over",
+            "no inner TLS byte within limits.preopen_timeout ({}): the pre-opened tunnel's wait is over",
             humantime::format_duration(limits.preopen_timeout)
         ),
         preopen::Waited::Stopping => "the router is shutting down".to_string(),
@@ -662,11 +662,14 @@ async fn await_first_byte(
     let end = match (ending, websocket) {
         (Ending::Clean, true) => "WebSocket Close 1000",
         (Ending::GoingAway, true) => "WebSocket Close 1001",
-        (Ending::Failed, true) => "WebSocket Close 1011",
+        // A framing error has sent its own Close (1002, 1003) where it can.
+        (Ending::Failed, true) => {
+            "closed (WebSocket Close 1011 unless the framing's error sent its own)"
+        }
         (Ending::Clean, false) => "closed",
         (_, false) => "closed at once",
     };
-    info!("ended before any inner byte: {why}; {end}");
+    info!("ended before any inner TLS byte: {why}; {end}");
     framed.finish(ending, limits.close_timeout).await;
     None
 }

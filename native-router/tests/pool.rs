@@ -187,7 +187,7 @@ async fn pooled_tunnels_outlive_the_handshake_deadline_carry_bytes_intact_and_re
     wait_waiting(&s.router, 2, &forward).await;
     let log = s.router.log();
     assert!(!log.contains("inner TLS handshake timed out"), "{log}");
-    assert!(!log.contains("ended before any inner byte"), "{log}");
+    assert!(!log.contains("ended before any inner TLS byte"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +196,7 @@ async fn unused_pooled_tunnels_end_at_the_preopen_wait_and_are_replaced() {
     let (mut forward, local) = forward(&s.pki, &s.envoy_url(), 2, None);
     let line = s
         .router
-        .wait_for("ended before any inner byte: no inner byte within limits.preopen_timeout");
+        .wait_for("ended before any inner TLS byte: no inner TLS byte within");
     assert!(
         line.contains("(3s)") && line.contains("WebSocket Close 1000"),
         "{line}"
@@ -243,8 +243,9 @@ async fn after_a_router_restart_the_pool_recovers() {
         );
     first.signal("TERM");
     // Pooled tunnels carry nothing to drain: they end at once.
-    first
-        .wait_for("ended before any inner byte: the router is shutting down; WebSocket Close 1001");
+    first.wait_for(
+        "ended before any inner TLS byte: the router is shutting down; WebSocket Close 1001",
+    );
     first.wait_for("drained: every connection finished");
     assert!(first.wait_exit(), "{}", first.log());
     forward.wait_for("pool: cannot pre-open a tunnel");
