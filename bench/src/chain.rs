@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use alpn_protocol::framing::Io;
 use alpn_protocol::framing::{Framing, Subprotocol};
+use alpn_tunnel::pool::{Pool, Source};
 use alpn_tunnel::tls::client_config;
 use alpn_tunnel::{Client, Options, Path, ServerUrl, UpgradeMode};
 use integration_tests::envoy::{Bootstrap, Envoy};
@@ -27,6 +28,10 @@ use crate::{Baseline, Settings};
 const HTTPS: &str = "HTTPS via nginx + Envoy";
 /// The tunnel with no load balancer: the router's direct port.
 const DIRECT: &str = "tunnel, direct to the router";
+/// A websocket tunnel through the chain, taken from a pool of pre-opened ones.
+const POOLED: &str = "tunnel via nginx + Envoy, websocket, pre-opened (--pool 4)";
+/// The pool's size in the latency scenario.
+const POOL: usize = 4;
 
 /// The framings through the chain, with their subjects' names.
 const FRAMINGS: [(&str, Framing); 3] = [
@@ -257,9 +262,43 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
     let (subjects, paired) = chains.subjects("echo");
     let chain = &chains.current;
     let mut times = vec![Vec::with_capacity(samples); subjects.len()];
+    // The pooled subject: `alpn-tunnel forward --pool` as a library.
+    let pooled_client = std::sync::Arc::new(
+        chain.client("echo", Path::Upgrade(Framing::WebSocket(Subprotocol::Alpn))),
+    );
+    let pool_tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pool = Pool::start(pooled_client, POOL, &pool_tasks, stop.clone());
+    let mut pooled_times = Vec::with_capacity(samples);
     // One warm-up round (session caches, Envoy's upstream pools), then samples
     // taken in turns.
     for round in 0..=samples {
+        // The pooled sample first in its round, once the pool is full again
+        // (the steady state of a forward whose connections come less often
+        // than a refill takes).
+        let waited = Instant::now();
+        while pool.ready() < POOL {
+            anyhow::ensure!(
+                waited.elapsed() < Duration::from_secs(30),
+                "the pool did not refill within 30 s ({} of {POOL} ready)",
+                pool.ready()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let started = Instant::now();
+        let (mut s, _, source) = pool.connect().await.map_err(io::Error::other)?;
+        s.write_all(b"x").await?;
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        close(s).await;
+        anyhow::ensure!(
+            matches!(source, Source::Pooled { .. }),
+            "a pooled sample did not get a pre-opened tunnel"
+        );
+        if round > 0 {
+            pooled_times.push(ms);
+        }
         for i in crate::turns(subjects.len(), round, &paired) {
             let tunnel_to = &subjects[i].1;
             let started = Instant::now();
@@ -285,21 +324,29 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
             }
         }
     }
+    stop.cancel();
+    pool_tasks.close();
+    pool_tasks.wait().await;
     let method = |p: &str| {
         format!(
             "{samples} samples per subject, taken in turns, after one warm-up round. A tunnel sample is a new \
              TCP connection, the outer TLS and the upgrade (through nginx and Envoy) or none (direct), the inner \
              TLS 1.3 handshake, then one byte echoed by the backend; the HTTPS sample is a new TLS connection to \
              nginx and one `GET /` answered by the backend through Envoy. Clients keep their TLS session caches \
-             between samples, as `alpn-tunnel` and browsers do, so resumption applies alike. {p}"
+             between samples, as `alpn-tunnel` and browsers do, so resumption applies alike. The pre-opened \
+             sample takes a websocket tunnel already through nginx and Envoy and upgraded from a pool of \
+             {POOL} (`alpn-tunnel forward --pool`, waiting until the pool is full before each sample), then \
+             runs the inner TLS 1.3 handshake and echoes one byte. {p}"
         )
     };
     let rows = |p: f64| {
-        subjects
+        let mut rows: Vec<Row> = subjects
             .iter()
             .zip(&times)
             .map(|((name, _), t)| Row::new(name, percentile(t, p)))
-            .collect::<Vec<_>>()
+            .collect();
+        rows.push(Row::new(POOLED, percentile(&pooled_times, p)));
+        rows
     };
     let target = || {
         Target::new(

@@ -1,6 +1,7 @@
 //! `alpn-tunnel forward` as a library: [`forward`] serves a bound local
 //! listener for one [`Client`], carrying each accepted connection as its own
-//! tunnel, until it is told to stop.
+//! tunnel, until it is told to stop; [`forward_pooled`] takes each tunnel's
+//! outer connection from a [`Pool`] of pre-opened ones where it can.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{explain, Client};
+use crate::pool::{Pool, Source};
+use crate::{explain, Client, ClientError, Path};
+use alpn_protocol::framing::Io;
 
 /// How long a stopping tunnel gets to send its TLS `close_notify`.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
@@ -27,6 +30,26 @@ pub async fn forward(listener: TcpListener, client: Client, shutdown: Cancellati
         .await;
 }
 
+/// [`forward`] with `pool` tunnels kept pre-opened (upgraded, pinged, inner
+/// TLS not started): a local connection takes one and needs only the inner
+/// TLS handshake, or opens a tunnel as usual when none is ready. Zero: no pool.
+pub async fn forward_pooled(
+    listener: TcpListener,
+    client: Client,
+    pool: usize,
+    shutdown: CancellationToken,
+) {
+    let client = Arc::new(client);
+    let tasks = TaskTracker::new();
+    let pool = (pool > 0).then(|| Pool::start(client.clone(), pool, &tasks, shutdown.clone()));
+    accept_with(listener, client, pool, shutdown.clone(), shutdown)
+        .await
+        .wait()
+        .await;
+    tasks.close();
+    tasks.wait().await;
+}
+
 /// [`forward`] with the two ends apart, for a reload that closes a listener
 /// but lets its connections drain: accepts until `stop`, then closes the
 /// listener and returns the (closed) tracker of the connections still open,
@@ -37,7 +60,17 @@ pub async fn accept_until(
     stop: CancellationToken,
     cut: CancellationToken,
 ) -> TaskTracker {
-    let client = Arc::new(client);
+    accept_with(listener, Arc::new(client), None, stop, cut).await
+}
+
+/// The accept loop of [`accept_until`], taking tunnels from `pool` if given.
+async fn accept_with(
+    listener: TcpListener,
+    client: Arc<Client>,
+    pool: Option<Arc<Pool>>,
+    stop: CancellationToken,
+    cut: CancellationToken,
+) -> TaskTracker {
     let tasks = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -54,7 +87,13 @@ pub async fn accept_until(
                 }
             }
         };
-        tasks.spawn(carry(local, peer, client.clone(), cut.clone()));
+        tasks.spawn(carry(
+            local,
+            peer,
+            client.clone(),
+            pool.clone(),
+            cut.clone(),
+        ));
     }
     drop(listener);
     tasks.close();
@@ -66,13 +105,14 @@ async fn carry(
     mut local: TcpStream,
     peer: SocketAddr,
     client: Arc<Client>,
+    pool: Option<Arc<Pool>>,
     shutdown: CancellationToken,
 ) {
     let alpn = &client.alpn;
     let started = Instant::now();
     let opened = tokio::select! {
         () = shutdown.cancelled() => return info!("{alpn}: {peer}: stopped before the tunnel was open"),
-        opened = client.connect() => opened,
+        opened = open(&client, pool.as_deref(), peer) => opened,
     };
     let (mut tunnel, path) = match opened {
         Ok(x) => x,
@@ -101,4 +141,29 @@ async fn carry(
         Err(_) => "the local connection could not be set to reset and is closed",
     };
     warn!("{alpn}: {peer} via {path}: ended after {took:.3}s: {why}; {reset}");
+}
+
+/// A tunnel for the local connection from `peer`: from `pool` if given
+/// (a pre-opened tunnel when one is ready), else opened as usual.
+async fn open(
+    client: &Client,
+    pool: Option<&Pool>,
+    peer: SocketAddr,
+) -> Result<(Box<dyn Io>, Path), ClientError> {
+    let alpn = &client.alpn;
+    let Some(pool) = pool else {
+        return client.connect().await;
+    };
+    let (stream, path, source) = pool.connect().await?;
+    let (ready, size) = (pool.ready(), pool.size());
+    match source {
+        Source::Pooled { age } => info!(
+            "{alpn}: {peer}: on a pre-opened tunnel via {path} (opened {:.1}s ago; {ready} of {size} ready)",
+            age.as_secs_f64()
+        ),
+        Source::Opened => info!(
+            "{alpn}: {peer}: opened a tunnel via {path}, not a pre-opened one ({ready} of {size} ready)"
+        ),
+    }
+    Ok((stream, path))
 }

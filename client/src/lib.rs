@@ -24,6 +24,7 @@ mod detect;
 mod forward;
 pub mod handshake;
 pub mod pem;
+pub mod pool;
 pub mod probe;
 pub mod proxy;
 pub mod server_url;
@@ -50,7 +51,7 @@ use alpn_protocol::names::Names;
 
 pub use closing::CLOSE_DEADLINE;
 pub use detect::Path;
-pub use forward::{accept_until, forward};
+pub use forward::{accept_until, forward, forward_pooled};
 pub use handshake::{inner_tls, upgrade};
 pub use proxy::{Proxy, ProxyError};
 pub use server_url::ServerUrl;

@@ -40,6 +40,11 @@ struct Cli {
 enum Command {
     /// Accept local TCP connections and carry each as its own tunnel.
     ///
+    /// With --pool N, N tunnels per service are kept pre-opened: connected
+    /// through the load balancer and upgraded, kept alive by pings, inner TLS
+    /// not started; a new local connection takes one and needs only the inner
+    /// TLS handshake, and the pool opens another in its place.
+    ///
     /// Example: alpn-tunnel forward --server https://db.example.com --alpn postgresql
     /// --listen 127.0.0.1:5432 --ca router-ca.pem --cert me.pem --key me.key
     Forward {
@@ -51,6 +56,14 @@ enum Command {
         /// Where to listen when a single --alpn has no =LISTEN.
         #[arg(long)]
         listen: Option<String>,
+        /// Tunnels per service to keep pre-opened (0 to 100; 0: none). Each
+        /// holds a connection through the load balancer and a place under the
+        /// router's connection cap; the router ends one unused for its
+        /// limits.preopen_timeout (5 minutes by default) and the pool opens
+        /// another. Only upgraded paths are pooled (direct TLS is not), and a
+        /// connection that finds none ready opens a tunnel as usual.
+        #[arg(long, default_value = "0", value_parser = alpn_tunnel::pool::parse_size)]
+        pool: usize,
     },
     /// Show every step of reaching the service, with timings and advice.
     Probe {
@@ -304,7 +317,8 @@ fn main() -> ExitCode {
                 common,
                 alpn,
                 listen,
-            } => forward(&common, &alpn, listen.as_deref()).await,
+                pool,
+            } => forward(&common, &alpn, listen.as_deref(), pool).await,
             Command::Probe { common, alpn } => {
                 let client = common.client(&alpn)?;
                 let report = probe::probe(&client).await;
@@ -377,7 +391,12 @@ async fn connect(common: &Common, alpn: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn forward(common: &Common, alpns: &[String], listen: Option<&str>) -> anyhow::Result<()> {
+async fn forward(
+    common: &Common,
+    alpns: &[String],
+    listen: Option<&str>,
+    pool: usize,
+) -> anyhow::Result<()> {
     let mut pairs = Vec::new();
     for a in alpns {
         match a.split_once('=') {
@@ -403,9 +422,10 @@ async fn forward(common: &Common, alpns: &[String], listen: Option<&str>) -> any
             listener.local_addr()?,
             client.server()
         );
-        tasks.push(tokio::spawn(alpn_tunnel::forward(
+        tasks.push(tokio::spawn(alpn_tunnel::forward_pooled(
             listener,
             client,
+            pool,
             shutdown.clone(),
         )));
     }

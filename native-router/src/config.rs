@@ -229,9 +229,16 @@ pub struct Limits {
     /// Reading the upgrade request head.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
-    /// The inner TLS handshake.
+    /// The inner TLS handshake, from its first byte.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// How long an upgraded connection may wait for its first inner byte: a
+    /// client's pre-opened tunnel (PROTOCOL.md section 5) waits here, pinged,
+    /// holding its place under `max_connections`, until the client sends its
+    /// ClientHello; then `handshake_timeout` runs. At least
+    /// `handshake_timeout`, at most [`Limits::MAX_PREOPEN_TIMEOUT`].
+    #[serde(with = "humantime_serde")]
+    pub preopen_timeout: Duration,
     /// Connecting to a backend.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -297,11 +304,18 @@ impl Default for TcpKeepalive {
     }
 }
 
+impl Limits {
+    /// The longest `preopen_timeout`: a waiting tunnel holds a place under the
+    /// connection cap, so the wait stays bounded.
+    pub const MAX_PREOPEN_TIMEOUT: Duration = Duration::from_secs(3600);
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            preopen_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             max_connections: 10_000,
             max_connections_per_client: None,
@@ -491,6 +505,27 @@ impl Config {
                 })
             }
         };
+        let limits = raw.limits;
+        if limits.preopen_timeout < limits.handshake_timeout {
+            return Err(ctx.invalid(
+                "limits.preopen_timeout",
+                format!(
+                    "{} is shorter than limits.handshake_timeout ({}): the wait for a pre-opened tunnel's first byte must be at least the handshake deadline",
+                    humantime::format_duration(limits.preopen_timeout),
+                    humantime::format_duration(limits.handshake_timeout)
+                ),
+            ));
+        }
+        if limits.preopen_timeout > Limits::MAX_PREOPEN_TIMEOUT {
+            return Err(ctx.invalid(
+                "limits.preopen_timeout",
+                format!(
+                    "{} is longer than the most allowed, {} (a waiting tunnel holds a place under the connection cap)",
+                    humantime::format_duration(limits.preopen_timeout),
+                    humantime::format_duration(Limits::MAX_PREOPEN_TIMEOUT)
+                ),
+            ));
+        }
         let default_cert = ctx.cert_key("tls", &raw.tls.cert, &raw.tls.key)?;
         let mut sni_certs = Vec::new();
         for (i, s) in raw.tls.sni.iter().enumerate() {
@@ -557,7 +592,7 @@ impl Config {
             metrics: raw.metrics,
             default_cert,
             sni_certs,
-            limits: raw.limits,
+            limits,
             routes,
         })
     }

@@ -39,6 +39,7 @@ mod cutoffs;
 mod descriptors;
 mod drain;
 mod metrics;
+mod preopen;
 mod proxy_protocol;
 mod route;
 mod server;

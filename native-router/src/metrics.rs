@@ -2,8 +2,9 @@
 //! by listener/framing/route, refusals, handshake failures by reason, backend
 //! failures, connections turned away, bytes by route and direction (counted as
 //! they pass, so a long tunnel shows its traffic while it runs), tunnels
-//! ended by route and reason, active tunnels, tunnel durations, and tunnels
-//! closed at the end of a drain.
+//! ended by route and reason, active tunnels, tunnel durations, tunnels
+//! closed at the end of a drain, and upgraded tunnels waiting for their first
+//! inner byte (pre-opened ones) with why such waits ended without one.
 //!
 //! Each family has a typed label set; an increment is an atomic add on a
 //! counter found by its labels (a tunnel holds its byte counters, so the bytes
@@ -91,6 +92,14 @@ pub(crate) struct Metrics {
     tunnels_active: Gauge,
     durations: Histogram,
     closed_at_shutdown: Counter,
+    preopened_waiting: Gauge,
+    preopen_ended: Family<PreopenLabels, Counter>,
+}
+
+/// Why an upgraded tunnel's wait for its first inner byte ended without one.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PreopenLabels {
+    reason: &'static str,
 }
 
 impl fmt::Debug for Metrics {
@@ -113,6 +122,8 @@ impl Default for Metrics {
             tunnels_active: Gauge::default(),
             durations: Histogram::new(DURATION_BUCKETS),
             closed_at_shutdown: Counter::default(),
+            preopened_waiting: Gauge::default(),
+            preopen_ended: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -165,6 +176,16 @@ impl Default for Metrics {
             "alpn_router_tunnels_closed_at_shutdown",
             "Tunnels closed by the router because the drain grace period ended",
             m.closed_at_shutdown.clone(),
+        );
+        r.register(
+            "alpn_router_preopened_waiting",
+            "Upgraded tunnels waiting for their first inner byte now (pre-opened tunnels; each holds a place under the connection cap)",
+            m.preopened_waiting.clone(),
+        );
+        r.register(
+            "alpn_router_preopen_ended",
+            "Upgraded tunnels that ended before their first inner byte, by reason (expired: limits.preopen_timeout; closed: the client closed it; error; shutdown)",
+            m.preopen_ended.clone(),
         );
         m
     }
@@ -249,12 +270,35 @@ impl Metrics {
         self.closed_at_shutdown.get()
     }
 
+    /// An upgraded tunnel starts waiting for its first inner byte; the guard
+    /// counts it until dropped.
+    pub(crate) fn preopened(&self) -> Waiting {
+        self.preopened_waiting.inc();
+        Waiting(self.preopened_waiting.clone())
+    }
+
+    /// An upgraded tunnel ended before its first inner byte, for `reason`.
+    pub(crate) fn preopen_ended(&self, reason: &'static str) {
+        self.preopen_ended
+            .get_or_create(&PreopenLabels { reason })
+            .inc();
+    }
+
     /// The OpenMetrics text exposition ([`CONTENT_TYPE`]).
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Counts one tunnel in `alpn_router_preopened_waiting` while it lives.
+pub(crate) struct Waiting(Gauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

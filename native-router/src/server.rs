@@ -35,6 +35,7 @@ use crate::config::{Config, Route};
 use crate::cutoffs::{self, Cutoffs};
 use crate::descriptors::{self, out_of_descriptors, Spare, REFUSALS_IN_FLIGHT};
 use crate::metrics::Metrics;
+use crate::preopen;
 use crate::tls;
 use crate::tunnel::{self, Io, Quiet};
 use crate::upgrade::{self, UpgradeError};
@@ -100,6 +101,9 @@ pub struct Router {
     /// Cancelled when the drain grace period is over: every connection holds
     /// it and closes its tunnel then.
     closing: CancellationToken,
+    /// Cancelled when shutdown begins: pre-opened tunnels (no inner byte yet)
+    /// carry nothing to drain and end then.
+    stopping: CancellationToken,
     /// Every data connection task and lingering close.
     tasks: TaskTracker,
     /// Every request on the metrics listener.
@@ -124,6 +128,7 @@ impl Router {
             drain_grace: limits.drain_grace,
             draining: AtomicBool::new(false),
             closing: CancellationToken::new(),
+            stopping: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics_tasks: TaskTracker::new(),
             next_id: AtomicU64::new(1),
@@ -250,6 +255,7 @@ pub async fn run(router: Arc<Router>, listeners: Listeners, shutdown: impl Futur
     });
     shutdown.await;
     router.draining.store(true, Ordering::SeqCst);
+    router.stopping.cancel();
     stop_data.cancel();
     for l in data_loops {
         let _ = l.await;
@@ -612,15 +618,67 @@ async fn connection(
     };
     conn.framing = accepted.framing.name();
     note("framing", conn.framing);
-    let mut framed = Framed::new(
+    let framed = Framed::new(
         accepted.framing,
         Role::Server,
         stream,
         accepted.leftover,
         up.ping_interval,
     );
-    serve_tls(router, &generation, &mut conn, &mut framed).await;
+    if let Some(mut primed) = await_first_byte(router, limits, framed).await {
+        serve_tls(router, &generation, &mut conn, &mut primed).await;
+    }
     drop(client_place);
+}
+
+/// The wait of an upgraded tunnel for its first inner byte (a pre-opened
+/// tunnel waits here, pinged, up to `limits.preopen_timeout`): the stream
+/// with that byte, or `None` once the connection ended as the wait did.
+async fn await_first_byte(
+    router: &Router,
+    limits: &crate::config::Limits,
+    mut framed: Framed<Box<dyn Io>>,
+) -> Option<preopen::Primed<Framed<Box<dyn Io>>>> {
+    let waiting = router.metrics.preopened();
+    // Boxed: the wait's timer would otherwise widen every connection's future.
+    let waited = Box::pin(preopen::first_byte(
+        &mut framed,
+        limits.preopen_timeout,
+        &router.stopping,
+    ))
+    .await;
+    drop(waiting);
+    let why = match &waited {
+        preopen::Waited::Byte(b) => return Some(preopen::Primed::new(framed, *b)),
+        preopen::Waited::Closed => {
+            "the client closed it (a pre-opened tunnel given back)".to_string()
+        }
+        preopen::Waited::Failed(e) => format!("reading failed: {e}"),
+        preopen::Waited::Expired => format!(
+            "no inner TLS byte within limits.preopen_timeout ({}): the pre-opened tunnel's wait is over",
+            humantime::format_duration(limits.preopen_timeout)
+        ),
+        preopen::Waited::Stopping => "the router is shutting down".to_string(),
+    };
+    router.metrics.preopen_ended(waited.reason());
+    let websocket = matches!(
+        framed.framing(),
+        alpn_protocol::framing::Framing::WebSocket(_)
+    );
+    let ending = waited.ending(websocket);
+    let end = match (ending, websocket) {
+        (Ending::Clean, true) => "WebSocket Close 1000",
+        (Ending::GoingAway, true) => "WebSocket Close 1001",
+        // A framing error has sent its own Close (1002, 1003) where it can.
+        (Ending::Failed, true) => {
+            "closed (WebSocket Close 1011 unless the framing's error sent its own)"
+        }
+        (Ending::Clean, false) => "closed",
+        (_, false) => "closed at once",
+    };
+    info!("ended before any inner TLS byte: {why}; {end}");
+    framed.finish(ending, limits.close_timeout).await;
+    None
 }
 
 /// The kind a refusal is counted under in the cut-off log.

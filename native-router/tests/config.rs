@@ -191,6 +191,16 @@ fn every_mistake_names_its_key() {
             "limits.max_connections_per_client",
         ),
         (
+            "listen = \"127.0.0.1:9090\"",
+            "listen = \"127.0.0.1:9090\"\n[limits]\nhandshake_timeout = \"10s\"\npreopen_timeout = \"5s\"",
+            "limits.preopen_timeout",
+        ),
+        (
+            "listen = \"127.0.0.1:9090\"",
+            "listen = \"127.0.0.1:9090\"\n[limits]\npreopen_timeout = \"2h\"",
+            "limits.preopen_timeout",
+        ),
+        (
             "proxy_protocol = true",
             "proxy_protocol = \"yes\"",
             "route[0].proxy_protocol",
