@@ -119,7 +119,7 @@ enum Guard {
     },
     Router(Box<RouterProcess>),
     Envoy {
-        _envoy: Box<Envoy>,
+        envoy: Box<Envoy>,
         _dir: tempfile::TempDir,
     },
 }
@@ -138,7 +138,8 @@ impl Running {
     /// children), if it is a process of its own.
     pub fn pid(&self) -> Option<u32> {
         match &self._guard {
-            Guard::None | Guard::Envoy { .. } => None,
+            Guard::None => None,
+            Guard::Envoy { envoy, .. } => Some(envoy.pid()),
             Guard::Child { child, .. } => Some(child.id()),
             Guard::Router(router) => Some(router.process.pid()),
         }
@@ -303,7 +304,7 @@ pub fn start(subject: &Subject, backend: SocketAddr) -> Running {
                     alpn: None,
                 },
                 _guard: Guard::Envoy {
-                    _envoy: Box::new(envoy),
+                    envoy: Box::new(envoy),
                     _dir: dir,
                 },
             }

@@ -23,6 +23,7 @@ async fn every_scenario_runs_and_reports() {
         [
             "data-path-1",
             "data-path-64",
+            "data-path-64-cpu",
             "websocket-upload",
             "chain-throughput",
             "latency-p50",
@@ -145,6 +146,7 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
         [
             "data-path-1",
             "data-path-64",
+            "data-path-64-cpu",
             "websocket-upload",
             "chain-throughput",
             "latency-p50",
@@ -162,6 +164,7 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
     for expected in [
         ("data-path-1", "alpn-router"),
         ("data-path-64", "alpn-router"),
+        ("data-path-64-cpu", "alpn-router"),
         (
             "websocket-upload",
             "websocket, upload (client to router, masked)",
@@ -174,8 +177,8 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
     ] {
         assert!(paired.contains(&expected), "{expected:?} not in {paired:?}");
     }
-    // 1 + 1 + 4 + 4 + 4 + 4 + 1 + 1 + 1: the router's subjects, and no other.
-    assert_eq!(pairs.len(), 21, "{paired:?}");
+    // 1 + 1 + 1 + 4 + 4 + 4 + 4 + 1 + 1 + 1: the router's subjects, and no other.
+    assert_eq!(pairs.len(), 22, "{paired:?}");
     for p in &pairs {
         assert!(p.ratio.is_finite() || p.baseline == 0.0, "{p:?}");
     }
