@@ -72,7 +72,7 @@ async fn every_scenario_runs_and_reports() {
             );
         }
     }
-    let scaling = &scenarios[11];
+    let scaling = &scenarios[12];
     assert_eq!(
         scaling.rows.iter().map(|r| r.label()).collect::<Vec<_>>(),
         [
@@ -118,8 +118,8 @@ async fn every_scenario_runs_and_reports() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("latest.json")).unwrap())
             .unwrap();
-    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(13));
-    assert_eq!(json["scenarios"][11]["rows"][2]["group"], "16 tunnels");
+    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(14));
+    assert_eq!(json["scenarios"][12]["rows"][2]["group"], "16 tunnels");
 }
 
 /// A comparison run: the same router binary as its own baseline, so the code
@@ -204,5 +204,5 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
         &std::fs::read_to_string(dir.path().join("compare-same.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(json["pairs"].as_array().map(Vec::len), Some(21));
+    assert_eq!(json["pairs"].as_array().map(Vec::len), Some(22));
 }
