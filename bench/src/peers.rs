@@ -122,7 +122,7 @@ enum Guard {
     },
     Router(Box<RouterProcess>),
     Envoy {
-        _envoy: Box<Envoy>,
+        envoy: Box<Envoy>,
         _dir: tempfile::TempDir,
     },
 }
@@ -144,7 +144,7 @@ impl Running {
             Guard::None => None,
             Guard::Child { child, .. } => Some(child.id()),
             Guard::Router(router) => Some(router.process.pid()),
-            Guard::Envoy { _envoy, .. } => Some(_envoy.pid()),
+            Guard::Envoy { envoy, .. } => Some(envoy.pid()),
         }
     }
 }
@@ -307,7 +307,7 @@ pub fn start(subject: &Subject, backend: SocketAddr) -> Running {
                     alpn: None,
                 },
                 _guard: Guard::Envoy {
-                    _envoy: Box::new(envoy),
+                    envoy: Box::new(envoy),
                     _dir: dir,
                 },
             }

@@ -23,6 +23,7 @@ async fn every_scenario_runs_and_reports() {
         [
             "data-path-1",
             "data-path-64",
+            "data-path-64-cpu",
             "websocket-upload",
             "chain-throughput",
             "latency-p50",
@@ -70,7 +71,7 @@ async fn every_scenario_runs_and_reports() {
             );
         }
     }
-    let scaling = &scenarios[12];
+    let scaling = &scenarios[13];
     assert_eq!(
         scaling.rows.iter().map(|r| r.label()).collect::<Vec<_>>(),
         [
@@ -135,8 +136,8 @@ async fn every_scenario_runs_and_reports() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("latest.json")).unwrap())
             .unwrap();
-    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(14));
-    assert_eq!(json["scenarios"][12]["rows"][4]["group"], "16 tunnels");
+    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(15));
+    assert_eq!(json["scenarios"][13]["rows"][4]["group"], "16 tunnels");
 }
 
 /// A comparison run: the same router binary as its own baseline, so the code
@@ -163,6 +164,7 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
         [
             "data-path-1",
             "data-path-64",
+            "data-path-64-cpu",
             "websocket-upload",
             "chain-throughput",
             "latency-p50",
@@ -181,6 +183,7 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
     for expected in [
         ("data-path-1", "alpn-router"),
         ("data-path-64", "alpn-router"),
+        ("data-path-64-cpu", "alpn-router"),
         (
             "websocket-upload",
             "websocket, upload (client to router, masked)",
@@ -194,8 +197,8 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
     ] {
         assert!(paired.contains(&expected), "{expected:?} not in {paired:?}");
     }
-    // 1 + 1 + 4 + 4 + 4 + 4 + 1 + 1 + 1 + 1: the router's subjects, and no other.
-    assert_eq!(pairs.len(), 22, "{paired:?}");
+    // 1 + 1 + 1 + 4 + 4 + 4 + 4 + 1 + 1 + 1 + 1: the router's subjects, and no other.
+    assert_eq!(pairs.len(), 23, "{paired:?}");
     for p in &pairs {
         assert!(p.ratio.is_finite() || p.baseline == 0.0, "{p:?}");
     }
@@ -221,5 +224,5 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
         &std::fs::read_to_string(dir.path().join("compare-same.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(json["pairs"].as_array().map(Vec::len), Some(22));
+    assert_eq!(json["pairs"].as_array().map(Vec::len), Some(23));
 }

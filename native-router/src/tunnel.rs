@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use alpn_protocol::framing::{discard_until_end, Ending, Finish};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -137,15 +138,32 @@ impl Finish for Lingering {
     }
 }
 
+/// How much a client connection reads from the kernel at a time while bytes
+/// flow: rustls asks for 4 KiB per read, a WebSocket header for 2 to 14 bytes,
+/// and each ask would otherwise be a system call of its own.
+const READ_AHEAD: usize = 32 * 1024;
+/// Reads go straight to the socket until this much has come in: handshakes
+/// and short exchanges gain nothing from reading ahead and would pay for a
+/// buffer taken and given back at every read.
+const READ_AHEAD_AFTER: usize = 16 * 1024;
+
 /// A client connection that closes with a [`linger`] when the connection code
 /// drops it, wherever that happens (inside TLS, a framing, the pipe). It holds
 /// the connection's place under the cap until the lingering close is over.
 /// One descriptor per connection: no duplicate is kept for the close.
+///
+/// Once past [`READ_AHEAD_AFTER`] bytes, reads go through a read-ahead buffer
+/// of up to [`READ_AHEAD`], held only while bytes flow: it is given back when
+/// the socket has nothing to read, so an idle connection holds none.
 pub(crate) struct Lingering {
     socket: Option<TcpStream>,
     place: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Tracks the lingering close, so that a shutdown waits for it.
     tracker: Option<TaskTracker>,
+    /// Bytes read from the socket and not yet passed on.
+    ahead: BytesMut,
+    /// Bytes read from the socket so far (up to [`READ_AHEAD_AFTER`]).
+    carried: usize,
 }
 
 impl Lingering {
@@ -155,6 +173,8 @@ impl Lingering {
             socket: Some(socket),
             place,
             tracker: None,
+            ahead: BytesMut::new(),
+            carried: 0,
         }
     }
 
@@ -203,7 +223,38 @@ impl AsyncRead for Lingering {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.pinned().poll_read(cx, buf)
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if self.ahead.is_empty() {
+            if buf.remaining() >= READ_AHEAD || self.carried < READ_AHEAD_AFTER {
+                // Early on, or as large as the read-ahead: straight into the
+                // caller's buffer.
+                let before = buf.filled().len();
+                let read = self.pinned().poll_read(cx, buf);
+                self.carried = self
+                    .carried
+                    .saturating_add(buf.filled().len() - before)
+                    .min(READ_AHEAD_AFTER);
+                return read;
+            }
+            self.ahead.reserve(READ_AHEAD);
+            let this = &mut *self;
+            let socket = Pin::new(this.socket.as_mut().expect("taken only on drop"));
+            match tokio_util::io::poll_read_buf(socket, cx, &mut this.ahead) {
+                Poll::Ready(Ok(_)) => {} // Zero bytes: EOF, passed on below.
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing to read: give the buffer back until bytes come.
+                    this.ahead = BytesMut::new();
+                    return Poll::Pending;
+                }
+            }
+        }
+        let n = buf.remaining().min(self.ahead.len());
+        buf.put_slice(&self.ahead[..n]);
+        self.ahead.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -617,6 +668,46 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 mod tests {
     use super::*;
     use tokio::io::{duplex, AsyncReadExt};
+
+    #[tokio::test]
+    async fn a_client_connection_reads_ahead_while_bytes_flow_and_holds_nothing_when_idle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut conn = Lingering::new(listener.accept().await.unwrap().0, None);
+        let sent: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        peer.write_all(&sent).await.unwrap();
+        // Small asks, as rustls makes them (4 KiB) and a WebSocket header (2 bytes).
+        let mut got = vec![0u8; 2];
+        conn.read_exact(&mut got).await.unwrap();
+        let mut chunk = [0u8; 4096];
+        // Past the first bytes, a small ask reads ahead.
+        let mut held = false;
+        while got.len() < sent.len() {
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "EOF after {} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+            held |= !conn.ahead.is_empty();
+        }
+        assert!(got == sent, "the bytes arrive intact and in order");
+        assert!(held, "bytes were read ahead");
+        // The socket is empty: the next read waits, and the buffer is given back.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut one = [0u8; 1];
+        let mut read = ReadBuf::new(&mut one);
+        assert!(Pin::new(&mut conn)
+            .poll_read(&mut cx, &mut read)
+            .is_pending());
+        assert_eq!(
+            conn.ahead.capacity(),
+            0,
+            "an idle connection holds no buffer"
+        );
+        // An EOF still reads as one.
+        drop(peer);
+        assert_eq!(conn.read(&mut chunk).await.unwrap(), 0);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_side_that_takes_no_byte_ends_the_tunnel_at_the_send_timeout() {

@@ -5,7 +5,7 @@
 //! Close ends the stream and is answered with Close, and a text frame or any other
 //! protocol error closes the stream with 1003 or 1002 and fails the read.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -22,8 +22,11 @@ pub(crate) use crate::websocket::{
 
 /// The largest payload of a data frame written; readers accept up to 2^63 - 1.
 const MAX_FRAME: usize = 64 * 1024;
-/// How much of the caller's buffer a client masks per write.
-const SCRATCH: usize = 16 * 1024;
+/// How much of the caller's bytes a client masks per write (at most one frame):
+/// two TLS records and a little more.
+const SCRATCH: usize = 32 * 1024;
+/// The most of the caller's slices a server passes on in one write.
+const MAX_SLICES: usize = 64;
 /// A stream framed as WebSocket binary messages.
 pub struct WebSocketStream<S> {
     inner: S,
@@ -114,7 +117,7 @@ impl<S> WebSocketStream<S> {
     /// interval with no data sent. Must be called inside a tokio runtime.
     pub fn new(inner: S, role: Role, ping_interval: Option<Duration>) -> WebSocketStream<S> {
         let scratch = match role {
-            Role::Client => vec![0; SCRATCH].into_boxed_slice(),
+            Role::Client => vec![0; MAX_HEADER + SCRATCH].into_boxed_slice(),
             Role::Server => Box::default(),
         };
         WebSocketStream {
@@ -239,21 +242,6 @@ impl<S: AsyncWrite + Unpin> WebSocketStream<S> {
         if self.control_unflushed {
             ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
             self.control_unflushed = false;
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Writes out the data frame header in progress; `Ready(Ok)` once none is.
-    fn poll_data_header(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.write_header_pos < self.write_header_len {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(
-                cx,
-                &self.write_header[self.write_header_pos..self.write_header_len]
-            ))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.write_header_pos += n;
         }
         Poll::Ready(Ok(()))
     }
@@ -530,8 +518,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    /// One data frame's header goes out with its payload in the same write
+    /// to the inner stream (a server passes the slices on as they are, a
+    /// client masks a copy behind the header), so that a frame costs one
+    /// system call, not two, and several TLS records (rustls hands them over
+    /// together) travel in one frame.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if buf.is_empty() {
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        if total == 0 {
             return Poll::Ready(Ok(0));
         }
         if this.at_write_boundary() {
@@ -542,7 +544,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
                     "the WebSocket stream is closed",
                 )));
             }
-            let len = buf.len().min(MAX_FRAME);
+            let len = match this.role {
+                Role::Server => total.min(MAX_FRAME),
+                Role::Client => total.min(SCRATCH),
+            };
             let mask = this.new_mask()?;
             this.write_header_len =
                 encode_header(&mut this.write_header, FIN | OP_BINARY, len as u64, mask);
@@ -551,27 +556,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
             this.write_mask = mask.unwrap_or_default();
             this.write_mask_pos = 0;
         }
-        ready!(this.poll_data_header(cx))?;
-        let len = buf.len().min(this.write_remaining);
-        let n = match this.role {
-            Role::Server => ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..len]))?,
-            Role::Client => {
-                // Masked anew on every call: only what the inner stream takes counts.
-                let len = len.min(this.scratch.len());
-                let scratch = &mut this.scratch[..len];
-                scratch.copy_from_slice(&buf[..len]);
-                apply_mask(scratch, this.write_mask, this.write_mask_pos);
-                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, scratch))?;
-                this.write_mask_pos = (this.write_mask_pos + n) % 4;
-                n
+        loop {
+            let header = &this.write_header[this.write_header_pos..this.write_header_len];
+            let len = total.min(this.write_remaining);
+            let n = match this.role {
+                Role::Server => {
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES + 1];
+                    let mut k = 0;
+                    if !header.is_empty() {
+                        slices[0] = IoSlice::new(header);
+                        k = 1;
+                    }
+                    let mut left = len;
+                    for b in bufs.iter().filter(|b| !b.is_empty()) {
+                        if left == 0 || k == slices.len() {
+                            break;
+                        }
+                        let take = b.len().min(left);
+                        slices[k] = IoSlice::new(&b[..take]);
+                        k += 1;
+                        left -= take;
+                    }
+                    ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &slices[..k]))?
+                }
+                Role::Client => {
+                    // Masked anew on every call: only what the inner stream
+                    // takes counts.
+                    let h = header.len();
+                    let scratch = &mut this.scratch[..h + len];
+                    scratch[..h].copy_from_slice(header);
+                    let mut at = h;
+                    for b in bufs {
+                        let take = b.len().min(h + len - at);
+                        scratch[at..at + take].copy_from_slice(&b[..take]);
+                        at += take;
+                    }
+                    apply_mask(&mut scratch[h..], this.write_mask, this.write_mask_pos);
+                    ready!(Pin::new(&mut this.inner).poll_write(cx, scratch))?
+                }
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-        };
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            let header_part = n.min(this.write_header_len - this.write_header_pos);
+            this.write_header_pos += header_part;
+            let payload = n - header_part;
+            if payload == 0 {
+                // Only (part of) the header went out: on with the rest.
+                continue;
+            }
+            this.write_remaining -= payload;
+            this.write_mask_pos = (this.write_mask_pos + payload) % 4;
+            this.pinger.sent();
+            return Poll::Ready(Ok(payload));
         }
-        this.write_remaining -= n;
-        this.pinger.sent();
-        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -732,8 +774,112 @@ mod tests {
             got.extend(payload);
         }
         assert!(got == data);
-        assert_eq!(keys.len(), 2, "64 KiB frames");
-        assert_ne!(keys[0], keys[1]);
+        assert_eq!(keys.len(), data.len().div_ceil(SCRATCH), "32 KiB frames");
+        for (i, key) in keys.iter().enumerate() {
+            assert!(!keys[..i].contains(key), "a key used twice: {keys:?}");
+        }
+    }
+
+    /// An inner stream that keeps what is written and counts the writes.
+    #[derive(Default)]
+    struct CountingWire {
+        bytes: Vec<u8>,
+        writes: usize,
+    }
+
+    impl AsyncRead for CountingWire {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for CountingWire {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.writes += 1;
+            let before = this.bytes.len();
+            for b in bufs {
+                this.bytes.extend_from_slice(b);
+            }
+            Poll::Ready(Ok(this.bytes.len() - before))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The wire's frames, unmasked: (first byte, masked, payload) each.
+    fn frames_of(mut wire: &[u8]) -> Vec<(u8, bool, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !wire.is_empty() {
+            let (b0, b1) = (wire[0], wire[1]);
+            let (len, mut at) = match b1 & 0x7f {
+                126 => (usize::from(u16::from_be_bytes([wire[2], wire[3]])), 4),
+                127 => (
+                    u64::from_be_bytes(wire[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (usize::from(n), 2),
+            };
+            let key = (b1 & MASKED != 0).then(|| {
+                at += 4;
+                [wire[at - 4], wire[at - 3], wire[at - 2], wire[at - 1]]
+            });
+            let mut payload = wire[at..at + len].to_vec();
+            if let Some(key) = key {
+                apply_mask(&mut payload, key, 0);
+            }
+            frames.push((b0, key.is_some(), payload));
+            wire = &wire[at + len..];
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn a_frame_goes_out_in_one_write_with_its_header() {
+        // A server: three TLS-record-sized slices, as rustls hands them over,
+        // travel as one frame in one write to the socket.
+        let records: Vec<Vec<u8>> = (0..3).map(|i| pseudo_random(16_406, 10 + i)).collect();
+        let slices: Vec<IoSlice<'_>> = records.iter().map(|r| IoSlice::new(r)).collect();
+        let mut server = WebSocketStream::new(CountingWire::default(), Role::Server, None);
+        let n = server.write_vectored(&slices).await.unwrap();
+        assert_eq!(n, 3 * 16_406);
+        assert_eq!(server.inner.writes, 1);
+        let frames = frames_of(&server.inner.bytes);
+        assert_eq!(frames.len(), 1);
+        assert_eq!((frames[0].0, frames[0].1), (FIN | OP_BINARY, false));
+        assert!(frames[0].2 == records.concat());
+
+        // A client: the header and the masked payload in one write too.
+        let data = pseudo_random(20_000, 13);
+        let mut client = WebSocketStream::new(CountingWire::default(), Role::Client, None);
+        assert_eq!(client.write(&data).await.unwrap(), data.len());
+        assert_eq!(client.inner.writes, 1);
+        let frames = frames_of(&client.inner.bytes);
+        assert_eq!(frames.len(), 1);
+        assert_eq!((frames[0].0, frames[0].1), (FIN | OP_BINARY, true));
+        assert!(frames[0].2 == data);
     }
 
     #[tokio::test]
