@@ -24,8 +24,11 @@ pub async fn data_path(settings: &Settings, backend: SocketAddr) -> anyhow::Resu
     let (subjects, paired) = peers::subjects(&Peer::ALL, settings);
     let running: Vec<_> = subjects.iter().map(|s| peers::start(s, backend)).collect();
     let n = running.len();
-    let (mut one, mut many, mut many_cpu) =
-        (vec![Vec::new(); n], vec![Vec::new(); n], vec![Vec::new(); n]);
+    let (mut one, mut many, mut many_cpu) = (
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+    );
     // Bulk figures are the median of three rounds (one in the smoke test).
     for round in 0..settings.size(3, 1) {
         eprintln!("measuring the data path, round {} ...", round + 1);

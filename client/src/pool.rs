@@ -125,7 +125,11 @@ impl Pool {
             return Ok((stream, path, Source::Opened));
         };
         let (path, age) = (carrier.path, carrier.opened.elapsed());
-        match self.client.inner(crate::closing::Carrier::Upgraded(carrier.framed), path).await {
+        match self
+            .client
+            .inner(crate::closing::Carrier::Upgraded(carrier.framed), path)
+            .await
+        {
             Ok(tls) => Ok((Box::new(tls), path, Source::Pooled { age })),
             Err(e) => {
                 warn!(
