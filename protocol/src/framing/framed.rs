@@ -136,7 +136,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         let mut scratch = [0u8; 4096];
         while !self.read_done {
             let mut buf = ReadBuf::new(&mut scratch);
-            ready!(Pin::new(&mut *self).poll_read(cx, &mut buf))?;
+            match ready!(Pin::new(&mut *self).poll_read(cx, &mut buf)) {
+                Ok(()) => {}
+                // Raw and alpn-ping end with the transport's end: one without
+                // the outer TLS's close_notify (load balancers often close so)
+                // is that end all the same; the inner TLS has said whether the
+                // data was whole.
+                Err(e)
+                    if e.kind() == io::ErrorKind::UnexpectedEof
+                        && !matches!(self.kind, Kind::WebSocket(_)) =>
+                {
+                    self.read_done = true;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
             let discarded = self.closing.get_or_insert(0);
             *discarded += buf.filled().len() as u64;
             if *discarded > DISCARD_LIMIT {
