@@ -334,12 +334,24 @@ async fn clients_that_vanish_without_a_fin_are_let_go_by_keepalive_and_user_time
             });
         }
     }
-    let log = router.log();
-    let ended = log
-        .lines()
-        .filter(|l| l.contains("ended: client error") && l.contains("timed out"))
-        .count();
-    assert_eq!(ended, vanished.len(), "{log}");
+    // Each tunnel's "ended" line follows its backend's close: wait for all.
+    let started = Instant::now();
+    loop {
+        let log = router.log();
+        let ended = log
+            .lines()
+            .filter(|l| l.contains("ended: client error") && l.contains("timed out"))
+            .count();
+        if ended == vanished.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{ended} of {} tunnels logged as ended by a timeout:\n{log}",
+            vanished.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let metrics = router.get("/metrics");
     let by_client = ["bulk", "ticks"].map(|route| {
         metric(
