@@ -364,3 +364,80 @@ async fn clients_that_vanish_without_a_fin_are_let_go_by_keepalive_and_user_time
     assert_eq!(by_client, [Some(5), Some(5)], "{metrics}");
     drop(vanished);
 }
+
+/// A backend that writes `len` bytes to each connection as fast as it is let,
+/// then closes; it reports what it sent and how its connection ended.
+fn finite_backend(len: usize) -> (SocketAddr, Ends) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let data = integration_tests::payload(len, 9);
+                let end = match conn.write_all(&data) {
+                    Ok(()) => "sent all".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let _ = tx.send((len as u64, end));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A client that reads slowly but steadily (48 KiB every 250 ms, about
+/// 190 KiB/s) is not "stalled": the send timeout is for a side that takes no
+/// bytes. The router's socket towards it holds megabytes, and without a limit
+/// on its unsent bytes it became writable again only once a third of them
+/// had drained (seconds at this rate), so the router saw no progress for
+/// longer than its send timeout and cut a tunnel that was moving (the
+/// soak's `client_stalled` losses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_is_not_cut_at_the_send_timeout() {
+    let pki = Pki::new();
+    const LEN: usize = 4 << 20;
+    let (backend, ends) = finite_backend(LEN);
+    let toml = config(&route_to(backend)).replace(
+        "[limits]\n",
+        "[limits]\nsend_timeout = \"2s\"\nclose_timeout = \"2s\"\n",
+    );
+    let router = InProcessRouter::start(pki.dir.path(), &toml);
+    let (mut s, _) = tunnel(&pki, router.direct, None, &["bulk"], None)
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 48 << 10];
+    let started = Instant::now();
+    let end = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut this_turn = 0;
+        let r = loop {
+            match tokio::time::timeout(DEADLINE, s.read(&mut chunk[this_turn..])).await {
+                Ok(Ok(0)) => break Some(Ok(())),
+                Ok(Ok(n)) => {
+                    this_turn += n;
+                    if this_turn == chunk.len() {
+                        break None;
+                    }
+                }
+                Ok(Err(e)) => break Some(Err(e.to_string())),
+                Err(_) => break Some(Err("no byte within the deadline".into())),
+            }
+        };
+        got += this_turn;
+        if let Some(r) = r {
+            break r;
+        }
+        assert!(started.elapsed() < 3 * DEADLINE, "{got} bytes so far");
+    };
+    assert_eq!(
+        (got, end),
+        (LEN, Ok(())),
+        "the slow reader's tunnel ended early:\n{}",
+        router.log()
+    );
+    let (_, how) = ends.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(how, "sent all");
+}
