@@ -21,7 +21,9 @@
 //!
 //! Phases: `SOAK_PHASES` (default `1000x10,200x100`: tunnels x MiB each).
 //! The report goes to stdout and to `SOAK_REPORT` (default `SOAK.md` at the
-//! repository's root). The run fails (exit 1) if any tunnel is corrupt or
+//! repository's root), with the router's log lines for every tunnel that did
+//! not close cleanly; `SOAK_ROUTER_LOG` names a file for its whole log.
+//! The run fails (exit 1) if any tunnel is corrupt or
 //! lost, or the router holds more descriptors after a phase than before it,
 //! or still counts a tunnel active once every client is done.
 //!
@@ -282,6 +284,8 @@ struct Phase {
     /// Per way: intact at both ends, corrupt, lost.
     by_way: BTreeMap<&'static str, [usize; 3]>,
     errors: BTreeMap<String, usize>,
+    /// The kernel's TCP counters over the phase (see [`KERNEL_COUNTERS`]).
+    kernel: Vec<(&'static str, u64)>,
 }
 
 impl Phase {
@@ -339,6 +343,7 @@ impl Chain {
 async fn run_phase(chain: &Chain, tunnels: usize, mib: u64, first_id: u64) -> Phase {
     let pid = chain.router.pid();
     let before = sample(pid);
+    let kernel_before = tcp_counters();
     let clients: Vec<Arc<Client>> = WAYS
         .iter()
         .map(|(_, f)| Arc::new(chain.client(*f)))
@@ -457,6 +462,14 @@ async fn run_phase(chain: &Chain, tunnels: usize, mib: u64, first_id: u64) -> Ph
     sampler.abort();
     let after = sample(pid);
     let peak = *peak.lock().unwrap();
+    let kernel_after = tcp_counters();
+    let kernel = KERNEL_COUNTERS
+        .iter()
+        .map(|(name, _)| {
+            let of = |c: &BTreeMap<String, u64>| c.get(*name).copied().unwrap_or(0);
+            (*name, of(&kernel_after).saturating_sub(of(&kernel_before)))
+        })
+        .collect();
     Phase {
         tunnels,
         mib,
@@ -470,7 +483,53 @@ async fn run_phase(chain: &Chain, tunnels: usize, mib: u64, first_id: u64) -> Ph
         active_after: None,
         by_way,
         errors,
+        kernel,
     }
+}
+
+/// The kernel's TCP counters the report shows, with what each means. Every
+/// hop of the chain shares one kernel here, and with it one TCP memory limit
+/// (`net.ipv4.tcp_mem`): past its pressure mark the kernel drops segments it
+/// has no memory for, and the sender waits out a retransmission timeout that
+/// doubles at each loss, which can stall a tunnel for a minute.
+const KERNEL_COUNTERS: [(&str, &str); 5] = [
+    (
+        "TCPMemoryPressures",
+        "times TCP memory pressure was entered",
+    ),
+    (
+        "TCPMemoryPressuresChrono",
+        "milliseconds under TCP memory pressure",
+    ),
+    ("TCPRcvQDrop", "segments dropped for want of receive memory"),
+    ("TCPTimeouts", "retransmission timeouts"),
+    ("RetransSegs", "segments retransmitted"),
+];
+
+/// This network namespace's TCP counters (`/proc/net/netstat` and
+/// `/proc/net/snmp`: a line of names, then a line of values, per group).
+fn tcp_counters() -> BTreeMap<String, u64> {
+    let mut counters = BTreeMap::new();
+    for file in ["/proc/net/netstat", "/proc/net/snmp"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            if !(names.starts_with("TcpExt:") || names.starts_with("Tcp:")) {
+                continue;
+            }
+            for (name, value) in names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .skip(1)
+            {
+                if let Ok(v) = value.parse() {
+                    counters.insert(name.to_string(), v);
+                }
+            }
+        }
+    }
+    counters
 }
 
 fn in_mib(kib: u64) -> String {
@@ -525,6 +584,17 @@ fn report(phases: &[Phase], setup: &str, metrics: &str, started: &str) -> String
             .active_after
             .map_or_else(|| "unknown".into(), |n| n.to_string());
         let _ = writeln!(r, "- router descriptors: {settled}");
+        let kernel: Vec<String> = p
+            .kernel
+            .iter()
+            .zip(KERNEL_COUNTERS)
+            .map(|((name, n), (_, what))| format!("{what} ({name}) {n}"))
+            .collect();
+        let _ = writeln!(
+            r,
+            "- the kernel's TCP counters over the phase (this network namespace, every hop): {}",
+            kernel.join("; ")
+        );
         let _ = writeln!(
             r,
             "- tunnels the router still counted active after that (`alpn_router_tunnels_active`): {active}\n"
@@ -725,7 +795,29 @@ fn main() {
         done.push(phase);
         write_report(&done, &phases[i + 1..]);
     }
-    let text = write_report(&done, &[]);
+    let mut text = write_report(&done, &[]);
+    // What the router said of every tunnel that did not close cleanly: the
+    // first place to look when one is lost.
+    let log = chain.router.log();
+    let unclean: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ended") && !l.contains("ended: both sides closed"))
+        .collect();
+    if !unclean.is_empty() {
+        let from = unclean.len().saturating_sub(40);
+        let _ = writeln!(
+            text,
+            "\n## The router's log for tunnels that did not close cleanly\n\n\
+             {} lines{}:\n\n```\n{}\n```",
+            unclean.len(),
+            if from > 0 { ", the last 40" } else { "" },
+            unclean[from..].join("\n")
+        );
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    if let Some(file) = std::env::var_os("SOAK_ROUTER_LOG") {
+        std::fs::write(&file, &log).unwrap_or_else(|e| panic!("SOAK_ROUTER_LOG: {e}"));
+    }
     println!("\n{text}");
     println!("report written to {}", path.display());
     let failed = done.iter().any(|p| {

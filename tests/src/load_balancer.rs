@@ -338,5 +338,25 @@ impl Drop for LoadBalancer {
         if let Process::Child(child) = &mut self.process {
             crate::process::stop(child, "TERM", Duration::from_secs(5));
         }
+        // A failed test shows why the load balancer ended connections
+        // (an idle timeout, an upstream reset), which its own output is not.
+        if thread::panicking() {
+            for name in ["nginx-error.log", "error.log", "stderr.log"] {
+                let text = fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+                let notable: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.contains("[notice]") && !l.trim().is_empty())
+                    .collect();
+                if !notable.is_empty() {
+                    let from = notable.len().saturating_sub(40);
+                    eprintln!(
+                        "{} {name} (last {} lines):\n{}",
+                        self.kind.name(),
+                        notable.len() - from,
+                        notable[from..].join("\n")
+                    );
+                }
+            }
+        }
     }
 }
