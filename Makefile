@@ -213,20 +213,33 @@ $(CARGO_FUZZ):
 ## the phases, SOAK_REPORT the report's path). Fails on any corrupt or lost
 ## tunnel, descriptors the router does not give back, or a tunnel it still
 ## counts active. Runs (as root) in a network namespace of its own, loopback
-## only, whose TCP congestion control is SOAK_CC (default cubic; the machine's
-## own setting stays as it is): it applies to loopback too, and BBR's pacing
-## stalled loaded loopback sockets (see SOAK.md).
+## only, whose TCP congestion control is SOAK_CC (default cubic) and whose
+## socket buffers' bounds are SOAK_RMEM and SOAK_WMEM (net.ipv4.tcp_rmem and
+## tcp_wmem: min, default, max; default max 128 KiB); the machine's own
+## settings stay as they are. Why: loopback runs the congestion control too,
+## and BBR's pacing stalled loaded sockets; and every hop shares this one
+## kernel's TCP memory (tcp_mem, not per namespace), which the chain's
+## buffers overran at the machine's own bounds, so that the kernel dropped
+## segments and tunnels waited out doubling retransmission timeouts (see
+## SOAK.md and the kernel's counters it reports per phase).
 SOAK_CC ?= cubic
+SOAK_RMEM ?= 4096 65536 131072
+SOAK_WMEM ?= 4096 16384 131072
 soak: rust-setup envoy services
 	@$(call apt_need,unshare,util-linux)
 	@$(call apt_need,ip,iproute2)
 	@$(call apt_need,sysctl,procps)
 	cargo build --locked -p alpn-upgrade-filter --target wasm32-wasip1 --profile wasm-release
 	cargo test --locked --release -p alpn-router --test soak --no-run
-	SOAK_HOST_CC=$$(cat /proc/sys/net/ipv4/tcp_congestion_control) \
+	SOAK_HOST_CC="$$(cat /proc/sys/net/ipv4/tcp_congestion_control)" \
+	SOAK_HOST_RMEM="$$(cat /proc/sys/net/ipv4/tcp_rmem)" \
+	SOAK_HOST_WMEM="$$(cat /proc/sys/net/ipv4/tcp_wmem)" \
+	SOAK_HOST_TCP_MEM="$$(cat /proc/sys/net/ipv4/tcp_mem)" \
 	SOAK_HOST_NETNS=$$(readlink /proc/self/ns/net) unshare --net sh -ec '\
 	  ip link set lo up; \
 	  sysctl -q -w net.ipv4.tcp_congestion_control=$(SOAK_CC); \
+	  sysctl -q -w net.ipv4.tcp_rmem="$(SOAK_RMEM)"; \
+	  sysctl -q -w net.ipv4.tcp_wmem="$(SOAK_WMEM)"; \
 	  exec cargo test --locked --offline --release -p alpn-router --test soak'
 
 ## bench: the benchmarks against nginx stream, HAProxy and Envoy (release

@@ -841,29 +841,56 @@ fn main() {
 /// queued, so tunnels made no progress for the soak's deadline (300 x 10 MiB:
 /// 21 lost under BBR, 6 under cubic, before the client's closing handshake).
 fn network() -> String {
-    let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
+    let read = |path: &str| {
+        std::fs::read_to_string(path).map_or_else(
+            |_| "unknown".into(),
+            |s| s.split_whitespace().collect::<Vec<_>>().join(" "),
+        )
+    };
+    let cc = read("/proc/sys/net/ipv4/tcp_congestion_control");
+    let (rmem, wmem) = (
+        read("/proc/sys/net/ipv4/tcp_rmem"),
+        read("/proc/sys/net/ipv4/tcp_wmem"),
+    );
     // `make soak` passes the machine's namespace (`/proc/1/ns/net` is not
-    // readable in every container, even as root).
+    // readable in every container, even as root) and its settings.
     let ours = std::fs::read_link("/proc/self/ns/net").ok();
     let host = std::env::var_os("SOAK_HOST_NETNS").map(std::path::PathBuf::from);
     let own = matches!((ours, host), (Some(a), Some(b)) if a != b);
-    let host = std::env::var("SOAK_HOST_CC").unwrap_or_else(|_| "not told".into());
-    let why = "why it matters: the congestion control applies to loopback too, and under \
-               BBR a loaded loopback socket was paced down to about 154 kbit/s with \
-               megabytes queued (`ss -tni`), stalling tunnels past the soak's 120 s \
-               no-progress deadline (an earlier 300 x 10 MiB run: 21 tunnels lost under \
-               BBR, 6 under cubic, at 38 against 153 MiB/s)";
+    let told = |var: &str| std::env::var(var).unwrap_or_else(|_| "not told".into());
+    let (host_cc, host_rmem, host_wmem) = (
+        told("SOAK_HOST_CC"),
+        told("SOAK_HOST_RMEM"),
+        told("SOAK_HOST_WMEM"),
+    );
+    // tcp_mem is the kernel's, not a namespace's: readable only outside.
+    let tcp_mem =
+        std::env::var("SOAK_HOST_TCP_MEM").unwrap_or_else(|_| read("/proc/sys/net/ipv4/tcp_mem"));
+    let cc_why = "the congestion control applies to loopback too, and under \
+                  BBR a loaded loopback socket was paced down to about 154 kbit/s with \
+                  megabytes queued (`ss -tni`), stalling tunnels past the soak's 120 s \
+                  no-progress deadline (an earlier 300 x 10 MiB run: 21 tunnels lost under \
+                  BBR, 6 under cubic, at 38 against 153 MiB/s)";
+    let mem_why = format!(
+        "every hop shares this one kernel and its TCP memory limit (`net.ipv4.tcp_mem` \
+         {tcp_mem} pages: low, pressure, high), which a deployment spreads over several \
+         hosts; past the pressure mark the kernel drops segments and the sender waits out \
+         retransmission timeouts that double at each loss, stalling tunnels for a minute \
+         (see the kernel's counters under each phase)"
+    );
     if own {
         format!(
             "Network: a namespace of its own (`make soak`: `unshare --net`, loopback only) \
              with TCP congestion control `{cc}` (`SOAK_CC`; the machine's own, left as it \
-             is: `{host}`); {why}."
+             is: `{host_cc}`) and socket buffers `tcp_rmem` {rmem}, `tcp_wmem` {wmem} \
+             (`SOAK_RMEM`, `SOAK_WMEM`; the machine's: {host_rmem} and {host_wmem}). \
+             Why the congestion control matters: {cc_why}. Why the buffers: {mem_why}."
         )
     } else {
         format!(
             "Network: the machine's own (not `make soak`'s namespace), TCP congestion \
-             control `{cc}`; {why}."
+             control `{cc}`, `tcp_rmem` {rmem}, `tcp_wmem` {wmem}. Why the congestion \
+             control matters: {cc_why}. Why the buffers: {mem_why}."
         )
     }
 }
