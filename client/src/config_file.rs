@@ -119,6 +119,8 @@ struct RawForward {
     alpn: String,
     #[serde(deserialize_with = "de::listen")]
     listen: SocketAddr,
+    #[serde(default)]
+    pool: usize,
 }
 
 /// Something read from a file the configuration names, with the file's path
@@ -225,6 +227,8 @@ pub struct Forward {
     /// The server it goes through (a copy, so that a changed server shows as
     /// a changed forward).
     pub server: Server,
+    /// Tunnels kept pre-opened, as `forward --pool` (0: none).
+    pub pool: usize,
 }
 
 impl Forward {
@@ -401,11 +405,13 @@ impl ConfigFile {
                     ),
                 ));
             }
+            let pool = crate::pool::check_size(f.pool).map_err(|e| ctx.error(at("pool"), e))?;
             forwards.push(Forward {
                 name,
                 listen: f.listen,
                 alpn: f.alpn,
                 server: server.clone(),
+                pool,
             });
         }
         Ok(ConfigFile {
@@ -488,11 +494,15 @@ impl fmt::Display for ConfigFile {
             writeln!(f)?;
         }
         for fw in &self.forwards {
-            writeln!(
+            write!(
                 f,
                 "forward {}: {} -> {} (ALPN {})",
                 fw.name, fw.listen, fw.server.name, fw.alpn
             )?;
+            if fw.pool > 0 {
+                write!(f, ", {} pre-opened", fw.pool)?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }
@@ -720,6 +730,34 @@ mod tests {
             "[[forward]]\nserver = \"db\"\nalpn = \"pg\"\nlisten = \"127.0.0.1:1\"\nport = 2\n",
         );
         assert_eq!(key, "forward[0].port");
+    }
+
+    /// `pool` is `--pool` in the file: 0 by default, at most 100, shown in
+    /// the summary.
+    #[test]
+    fn a_forward_pool_is_bounded_and_summarised() {
+        let fwd = forward("db", "pg", "127.0.0.1:0");
+        let file = load(&format!(
+            "{SERVER}{fwd}pool = 3\n{}",
+            forward("db", "r", "127.0.0.1:0")
+        ))
+        .unwrap();
+        assert_eq!(file.forwards[0].pool, 3);
+        assert_eq!(file.forwards[1].pool, 0, "no pool unless asked");
+        let summary = file.to_string();
+        assert!(
+            summary.contains("forward pg: 127.0.0.1:0 -> db (ALPN pg), 3 pre-opened\n"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("forward r: 127.0.0.1:0 -> db (ALPN r)\n"),
+            "{summary}"
+        );
+        let (key, message) = refused(&format!("{SERVER}{fwd}pool = 101\n"));
+        assert_eq!(key, "forward[0].pool");
+        assert!(message.contains("more than 100"), "{message}");
+        let (key, _) = refused(&format!("{SERVER}{fwd}pool = -1\n"));
+        assert_eq!(key, "forward[0].pool");
     }
 
     /// A proxy that is not an HTTP one is refused naming the key; an HTTP one

@@ -51,7 +51,7 @@ use alpn_protocol::names::Names;
 
 pub use closing::CLOSE_DEADLINE;
 pub use detect::Path;
-pub use forward::{accept_until, forward, forward_pooled};
+pub use forward::{accept_until, accept_until_pooled, forward, forward_pooled};
 pub use handshake::{inner_tls, upgrade};
 pub use proxy::{Proxy, ProxyError};
 pub use server_url::ServerUrl;

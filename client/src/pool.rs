@@ -35,6 +35,12 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     let n: usize = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of tunnels"))?;
+    check_size(n)
+}
+
+/// A pool size from 0 (no pool) to [`MAX_POOL`], as `--pool` and the
+/// configuration file's `pool` key take it.
+pub fn check_size(n: usize) -> Result<usize, String> {
     if n > MAX_POOL {
         return Err(format!(
             "{n} is more than {MAX_POOL}, the most pre-opened tunnels a forward keeps (each holds a connection through the load balancer and a place under the router's connection cap)"

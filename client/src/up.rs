@@ -1,5 +1,5 @@
 //! `alpn-tunnel up`: the forwards of a configuration file, each its own
-//! listener and [`accept_until`] task, kept in step with the file on reload.
+//! listener and [`accept_until_pooled`] task, kept in step with the file on reload.
 //!
 //! A reload re-reads the file. An invalid file (or one that no longer has a
 //! forward named on the command line) is refused and everything keeps running.
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config_file::{ConfigFile, ConfigFileError, Forward};
-use crate::{accept_until, Client, ClientError};
+use crate::{accept_until_pooled, Client, ClientError};
 
 /// Why `up` could not start (a reload logs these instead).
 #[derive(Debug, thiserror::Error)]
@@ -174,10 +174,16 @@ impl Forwards {
 
     fn spawn(&self, forward: Forward, listener: TcpListener, client: Client) -> Running {
         let addr = listener.local_addr().unwrap_or(forward.listen);
-        let name = forward.name.clone();
+        let (name, pool) = (forward.name.clone(), forward.pool);
         info!(
-            "forward {name}: listening on {addr} for {} at {} (server {})",
-            forward.alpn, forward.server.url, forward.server.name
+            "forward {name}: listening on {addr} for {} at {} (server {}){}",
+            forward.alpn,
+            forward.server.url,
+            forward.server.name,
+            match pool {
+                0 => String::new(),
+                n => format!(", {n} tunnel(s) pre-opened"),
+            }
         );
         let stop = self.shutdown.child_token();
         let cut = self.shutdown.child_token();
@@ -185,7 +191,7 @@ impl Forwards {
         let drain = self.drain.clone();
         let (stopping, cutting) = (stop.clone(), cut.clone());
         self.tasks.spawn(async move {
-            let open = accept_until(listener, client, stopping, cutting.clone()).await;
+            let open = accept_until_pooled(listener, client, pool, stopping, cutting.clone()).await;
             let _ = closed_tx.send(());
             if !cutting.is_cancelled() && !open.is_empty() {
                 let drain = *drain.lock().unwrap_or_else(|p| p.into_inner());

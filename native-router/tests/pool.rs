@@ -3,8 +3,8 @@
 //! balancer's idle timeout matters): pooled tunnels carry connections with
 //! every byte intact, the pool refills, pooled tunnels outlive the handshake
 //! deadline and end at the router's pre-open wait (WebSocket Close 1000),
-//! the pool recovers from a router restart, and the connection cap counts
-//! pooled tunnels.
+//! the pool recovers from a router restart, the connection cap counts
+//! pooled tunnels, and `alpn-tunnel up` keeps the pool its file asks for.
 
 mod support;
 
@@ -289,6 +289,67 @@ async fn the_connection_cap_counts_pooled_tunnels() {
     assert_eq!(pooled_lines(&forward).len(), 1, "{}", forward.log());
     // Once it ended its place is free and the pool takes it again.
     wait_waiting(&s.router, 2, &forward).await;
+}
+
+/// `pool` in `alpn-tunnel up`'s file is `--pool`: the forward keeps that many
+/// tunnels pre-opened and carries a connection on one; a reload that sets it
+/// to 0 restarts the forward without a pool, and its pre-opened tunnels end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_keeps_the_pool_its_file_asks_for() {
+    let s = stack("60s", "");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    let text = |pool: usize| {
+        format!(
+            "[servers.envoy]\nurl = \"{}\"\nsni = \"router.test\"\nca = \"{}\"\n\
+             upgrade = \"websocket\"\nping_interval = \"1s\"\ntimeout = \"5s\"\n\
+             [[forward]]\nserver = \"envoy\"\nalpn = \"echo\"\nlisten = \"127.0.0.1:0\"\npool = {pool}\n",
+            s.envoy_url(),
+            s.pki.path("router-ca.pem").display()
+        )
+    };
+    std::fs::write(&file, text(2)).unwrap();
+    let mut up = Logged::spawn(
+        integration_tests::tunnel_command()
+            .args(["up", "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .env_remove("ALPN_TUNNEL_UPGRADE"),
+    );
+    let line = up.wait_for("forward echo: listening on ");
+    assert!(line.contains(", 2 tunnel(s) pre-opened"), "{line}");
+    let local = up.address_on_line("forward echo: listening on ", "listening on ");
+    wait_waiting(&s.router, 2, &up).await;
+    intact(local, 7);
+    assert_eq!(pooled_lines(&up).len(), 1, "{}", up.log());
+    wait_waiting(&s.router, 2, &up).await;
+
+    std::fs::write(&file, text(0)).unwrap();
+    up.signal("HUP");
+    let line = up.wait_for("reloaded: ");
+    assert!(line.contains("restarted echo"), "{line}");
+    // The restarted forward has no pool: the router's pre-opened tunnels end.
+    wait_waiting(&s.router, 0, &up).await;
+    // The restarted forward's listener: the last `listening on` line.
+    let log = up.log();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("forward echo: listening on "))
+        .unwrap();
+    assert!(!line.contains("pre-opened"), "{line}");
+    let local: SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("an address");
+    intact(local, 8);
+    assert_eq!(
+        pooled_lines(&up).len(),
+        1,
+        "no new pooled connection: {}",
+        up.log()
+    );
 }
 
 #[test]
