@@ -64,24 +64,21 @@ pub async fn accept_until(
 }
 
 /// [`accept_until`] with `pool` tunnels kept pre-opened (as
-/// [`forward_pooled`]) until `stop`; the returned tracker also covers the
-/// pool's tasks. Zero: no pool.
+/// [`forward_pooled`]) until `stop` (zero: no pool). Returns the open
+/// connections' tracker and the pool's: its tunnels end with `stop`.
 pub async fn accept_until_pooled(
     listener: TcpListener,
     client: Client,
     pool: usize,
     stop: CancellationToken,
     cut: CancellationToken,
-) -> TaskTracker {
+) -> (TaskTracker, TaskTracker) {
     let client = Arc::new(client);
     let pool_tasks = TaskTracker::new();
     let pool = (pool > 0).then(|| Pool::start(client.clone(), pool, &pool_tasks, stop.clone()));
     let open = accept_with(listener, client, pool, stop, cut).await;
-    // The pool's tunnels end with `stop`; whoever waits for the connections
-    // waits for their closing too.
     pool_tasks.close();
-    open.spawn(async move { pool_tasks.wait().await });
-    open
+    (open, pool_tasks)
 }
 
 /// The accept loop of [`accept_until`], taking tunnels from `pool` if given.

@@ -191,7 +191,8 @@ impl Forwards {
         let drain = self.drain.clone();
         let (stopping, cutting) = (stop.clone(), cut.clone());
         self.tasks.spawn(async move {
-            let open = accept_until_pooled(listener, client, pool, stopping, cutting.clone()).await;
+            let (open, pooled) =
+                accept_until_pooled(listener, client, pool, stopping, cutting.clone()).await;
             let _ = closed_tx.send(());
             if !cutting.is_cancelled() && !open.is_empty() {
                 let drain = *drain.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,6 +211,8 @@ impl Forwards {
                 }
             }
             open.wait().await;
+            // The pool's tunnels end with the listener (`stop`).
+            pooled.wait().await;
             info!("forward {name}: stopped");
         });
         Running {
