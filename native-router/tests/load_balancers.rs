@@ -30,8 +30,8 @@ use tokio::time::timeout;
 const IDLE: Duration = Duration::from_secs(3);
 /// The idle timeout of the load balancer the bulk transfers go through: an
 /// ALB's default. Those check that the bytes arrive whole, not that a loaded
-/// machine never pauses a tunnel for 3 s (make test's CI run was cut once so,
-/// in the middle of 100 MiB on the unpinged `websocket` framing).
+/// machine never pauses a tunnel for 3 s (CI once saw a 100 MiB tunnel on the
+/// unpinged `websocket` framing end between two frames, most likely there).
 const BULK_IDLE: Duration = Duration::from_secs(60);
 /// Where the client connects from, so that its address differs from the load balancer's.
 const CLIENT: &str = "127.0.0.2";
@@ -89,7 +89,7 @@ fn setup(kind: Kind) -> Setup {
 
 impl Setup {
     fn server(&self) -> String {
-        format!("https://{}", self.lb.addr)
+        url(&self.lb)
     }
 
     fn client(&self, alpn: &str, upgrade: UpgradeMode) -> Client {
@@ -112,8 +112,7 @@ impl Setup {
             bind: Some(CLIENT.parse().unwrap()),
             ..Options::default()
         };
-        let url = format!("https://{}", lb.addr);
-        Client::new(ServerUrl::parse(&url).unwrap(), alpn, options).unwrap()
+        Client::new(ServerUrl::parse(&url(lb)).unwrap(), alpn, options).unwrap()
     }
 
     /// A plain HTTPS request through the load balancer to the web application.
@@ -136,6 +135,11 @@ impl Setup {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// The client's server URL for `lb`.
+fn url(lb: &LoadBalancer) -> String {
+    format!("https://{}", lb.addr)
 }
 
 /// `psql` and `redis-cli` through one `alpn-tunnel forward` process.
