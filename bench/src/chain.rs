@@ -30,6 +30,10 @@ const HTTPS: &str = "HTTPS via nginx + Envoy";
 const DIRECT: &str = "tunnel, direct to the router";
 /// A websocket tunnel through the chain, taken from a pool of pre-opened ones.
 const POOLED: &str = "tunnel via nginx + Envoy, websocket, pre-opened (--pool 4)";
+/// A websocket tunnel through the chain, its inner ClientHello sent behind
+/// the upgrade request.
+const EARLY: &str =
+    "tunnel via nginx + Envoy, websocket, ClientHello behind the request (--early-hello)";
 /// The pool's size in the latency scenario.
 const POOL: usize = 4;
 
@@ -80,6 +84,12 @@ impl Chain {
     /// A tunnel client for `alpn` along `path`; its TLS configurations (and
     /// session caches) are built once, as `alpn-tunnel` does.
     fn client(&self, alpn: &str, path: Path) -> Client {
+        self.client_with(alpn, path, false)
+    }
+
+    /// [`Chain::client`], sending the inner ClientHello behind the upgrade
+    /// request if `early_hello`.
+    fn client_with(&self, alpn: &str, path: Path, early_hello: bool) -> Client {
         let (server, upgrade) = match path {
             Path::Direct => (self.router.direct, UpgradeMode::Never),
             Path::Upgrade(f) => (self.lb.addr, UpgradeMode::Framing(f)),
@@ -89,6 +99,7 @@ impl Chain {
             ca: Some(vec![self.router.cert.der()]),
             outer_ca: Some(vec![self.lb.cert.der()]),
             upgrade,
+            early_hello,
             ..Options::default()
         };
         let url = ServerUrl::parse(&format!("https://{server}")).expect("a server URL");
@@ -270,6 +281,9 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
     let stop = tokio_util::sync::CancellationToken::new();
     let pool = Pool::start(pooled_client, POOL, &pool_tasks, stop.clone());
     let mut pooled_times = Vec::with_capacity(samples);
+    let websocket = Path::Upgrade(Framing::WebSocket(Subprotocol::Alpn));
+    let early_client = chain.client_with("echo", websocket, true);
+    let mut early_times = Vec::with_capacity(samples);
     // One warm-up round (session caches, Envoy's upstream pools), then samples
     // taken in turns.
     for round in 0..=samples {
@@ -298,6 +312,16 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
         );
         if round > 0 {
             pooled_times.push(ms);
+        }
+        // A fresh tunnel with the early hello, next to the pooled one.
+        let started = Instant::now();
+        let mut s = tunnel(&early_client, websocket).await?;
+        s.write_all(b"x").await?;
+        s.read_exact(&mut one).await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        close(s).await;
+        if round > 0 {
+            early_times.push(ms);
         }
         for i in crate::turns(subjects.len(), round, &paired) {
             let tunnel_to = &subjects[i].1;
@@ -336,7 +360,9 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
              between samples, as `alpn-tunnel` and browsers do, so resumption applies alike. The pre-opened \
              sample takes a websocket tunnel already through nginx and Envoy and upgraded from a pool of \
              {POOL} (`alpn-tunnel forward --pool`, waiting until the pool is full before each sample), then \
-             runs the inner TLS 1.3 handshake and echoes one byte. {p}"
+             runs the inner TLS 1.3 handshake and echoes one byte. The early-hello sample is a fresh websocket \
+             tunnel whose inner ClientHello goes out in the same write as the upgrade request \
+             (`alpn-tunnel --early-hello`), so the router has it as soon as it switches. {p}"
         )
     };
     let rows = |p: f64| {
@@ -346,6 +372,7 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
             .map(|((name, _), t)| Row::new(name, percentile(t, p)))
             .collect();
         rows.push(Row::new(POOLED, percentile(&pooled_times, p)));
+        rows.push(Row::new(EARLY, percentile(&early_times, p)));
         rows
     };
     // The median with the pool; the 99th percentile is reported.

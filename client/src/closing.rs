@@ -35,6 +35,11 @@ pub const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 pub(crate) enum Carrier {
     Direct(TcpStream),
     Upgraded(Framed<Box<dyn Io>>),
+    /// Not there yet: the inner TLS was begun before the upgrade was
+    /// answered (its ClientHello sent behind the request), and is not driven
+    /// until the answer puts the upgraded connection here. Any I/O on it is
+    /// an error.
+    Pending,
 }
 
 impl Carrier {
@@ -55,8 +60,17 @@ impl Carrier {
                 }
             }
             Carrier::Upgraded(framed) => framed.poll_close(cx),
+            Carrier::Pending => Poll::Ready(Ok(())),
         }
     }
+}
+
+/// The error of I/O on [`Carrier::Pending`].
+fn pending() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the inner TLS was driven before the upgrade was answered",
+    )
 }
 
 macro_rules! carrier {
@@ -64,6 +78,7 @@ macro_rules! carrier {
         match $c {
             Carrier::Direct($s) => $e,
             Carrier::Upgraded($s) => $e,
+            Carrier::Pending => Poll::Ready(Err(pending())),
         }
     };
 }
@@ -157,6 +172,7 @@ impl Tunnel {
                     let how = match self.tls.get_ref().0 {
                         Carrier::Direct(_) => "direct TLS",
                         Carrier::Upgraded(f) => f.framing().name(),
+                        Carrier::Pending => "never connected",
                     };
                     match outcome {
                         None => log::debug!("tunnel closed ({how}): closing handshake complete"),

@@ -96,6 +96,8 @@ struct RawServer {
     bind: Option<IpAddr>,
     proxy: Option<String>,
     #[serde(default)]
+    early_hello: bool,
+    #[serde(default)]
     names: RawNames,
 }
 
@@ -190,6 +192,8 @@ pub struct Server {
     pub names: Names,
     /// How long detection results are kept across runs (zero: not at all).
     pub cache_ttl: Duration,
+    /// The inner ClientHello right behind the upgrade request (`--early-hello`).
+    pub early_hello: bool,
 }
 
 impl Server {
@@ -206,6 +210,7 @@ impl Server {
             bind: self.bind,
             proxy: self.proxy.clone(),
             cache: Cache::user(self.cache_ttl),
+            early_hello: self.early_hello,
             timeouts: Timeouts {
                 connect: self.timeout,
                 tls: self.timeout,
@@ -367,6 +372,7 @@ impl ConfigFile {
                 proxy,
                 names,
                 cache_ttl: raw.cache_ttl,
+                early_hello: s.early_hello,
             };
             servers.insert(name, server);
         }
@@ -490,6 +496,9 @@ impl fmt::Display for ConfigFile {
             }
             if let Some(ca) = &s.outer_ca {
                 write!(f, ", outer_ca {}", ca.path.display())?;
+            }
+            if s.early_hello {
+                write!(f, ", early hello")?;
             }
             writeln!(f)?;
         }
@@ -730,6 +739,32 @@ mod tests {
             "[[forward]]\nserver = \"db\"\nalpn = \"pg\"\nlisten = \"127.0.0.1:1\"\nport = 2\n",
         );
         assert_eq!(key, "forward[0].port");
+    }
+
+    /// `early_hello` is `--early-hello` in the file: off by default, in the
+    /// client's options and the summary when on; only a boolean.
+    #[test]
+    fn a_servers_early_hello_reaches_its_clients_and_the_summary() {
+        let fwd = forward("db", "pg", "127.0.0.1:0");
+        let file = load(&format!(
+            "{SERVER}early_hello = true
+{fwd}"
+        ))
+        .unwrap();
+        assert!(file.forwards[0].server.options().early_hello);
+        assert!(
+            file.to_string()
+                .contains("server db: https://db.example.com:443/connectionupgrade upgrade auto, early hello\n"),
+            "{file}"
+        );
+        let file = load(&format!("{SERVER}{fwd}")).unwrap();
+        assert!(
+            !file.forwards[0].server.options().early_hello,
+            "off unless asked"
+        );
+        assert!(!file.to_string().contains("early hello"), "{file}");
+        let (key, _) = refused(&format!("{SERVER}early_hello = \"yes\"\n{fwd}"));
+        assert_eq!(key, "servers.db.early_hello");
     }
 
     /// `pool` is `--pool` in the file: 0 by default, at most 100, shown in

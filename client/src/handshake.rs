@@ -47,10 +47,13 @@ pub async fn inner_tls<S: AsyncRead + AsyncWrite + Unpin>(
     config: Arc<ClientConfig>,
     server_name: &str,
 ) -> io::Result<TlsStream<S>> {
-    let name = ServerName::try_from(server_name.to_string()).map_err(|e| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("{server_name:?}: {e}"))
-    })?;
     tokio_rustls::TlsConnector::from(config)
-        .connect(name, stream)
+        .connect(self::server_name(server_name)?, stream)
         .await
+}
+
+/// `name` as the inner TLS's server name (SNI), or why it cannot be one.
+pub fn server_name(name: &str) -> io::Result<ServerName<'static>> {
+    ServerName::try_from(name.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{name:?}: {e}")))
 }

@@ -21,6 +21,7 @@ pub mod cache;
 mod closing;
 pub mod config_file;
 mod detect;
+mod early_hello;
 mod forward;
 pub mod handshake;
 pub mod pem;
@@ -151,6 +152,11 @@ pub struct Options {
     /// Where detection results and the framing that worked are kept across
     /// runs; `None` (the library's default): only for the life of the [`Client`].
     pub cache: Option<cache::Cache>,
+    /// On an upgrade, send the inner ClientHello right behind the request
+    /// instead of after the 101: a round trip less per fresh tunnel, where
+    /// every hop passes bytes sent before the answer ([`probe`] finds out).
+    /// Default: off.
+    pub early_hello: bool,
 }
 
 impl Default for Options {
@@ -167,6 +173,7 @@ impl Default for Options {
             bind: None,
             proxy: None,
             cache: None,
+            early_hello: false,
         }
     }
 }
@@ -879,6 +886,9 @@ impl Client {
     pub(crate) async fn pipeline(&self, path: Path) -> Result<(InnerTls, Path), ClientError> {
         let (carrier, in_use) = match path {
             Path::Direct => (Carrier::Direct(self.tcp().await?), path),
+            Path::Upgrade(framing) if self.options.early_hello => {
+                return self.early_hello(framing).await;
+            }
             Path::Upgrade(framing) => {
                 let framed = self.upgraded(framing).await?;
                 let in_use = Path::Upgrade(framed.framing());
@@ -1058,22 +1068,27 @@ impl Client {
 
     /// The inner TLS on `carrier`, which must negotiate the route's ALPN.
     async fn inner(&self, carrier: Carrier, path: Path) -> Result<InnerTls, ClientError> {
+        let handshake = inner_tls(carrier, self.configs.inner.clone(), self.sni());
+        self.checked_inner(handshake, path, "the inner TLS handshake")
+            .await
+    }
+
+    /// Runs the inner TLS `handshake` along `path` under its deadline (`step`
+    /// names it in a timeout); it must negotiate the route's ALPN.
+    async fn checked_inner(
+        &self,
+        handshake: impl Future<Output = io::Result<InnerTls>>,
+        path: Path,
+        step: &'static str,
+    ) -> Result<InnerTls, ClientError> {
         let failed = |error| ClientError::InnerTls {
             alpn: self.alpn.clone(),
             path,
             error,
         };
-        let handshake = async {
-            inner_tls(carrier, self.configs.inner.clone(), self.sni())
-                .await
-                .map_err(failed)
-        };
+        let handshake = async { handshake.await.map_err(failed) };
         let tls = self
-            .deadline(
-                "the inner TLS handshake",
-                self.options.timeouts.tls,
-                handshake,
-            )
+            .deadline(step, self.options.timeouts.tls, handshake)
             .await?;
         if tls.get_ref().1.alpn_protocol() != Some(self.alpn.as_bytes()) {
             return Err(failed(io::Error::other(

@@ -180,6 +180,13 @@ struct Common {
     /// proxy URL's user info).
     #[arg(long, env = "ALPN_TUNNEL_PROXY_AUTH", hide_env_values = true)]
     proxy_auth: Option<String>,
+    /// On an upgrade, send the inner ClientHello right behind the request
+    /// instead of after the 101: a fresh tunnel opens a round trip sooner,
+    /// where every hop passes bytes sent before the answer (`probe` says
+    /// whether this path does; one that does not makes the inner TLS
+    /// handshake time out).
+    #[arg(long, env = "ALPN_TUNNEL_EARLY_HELLO")]
+    early_hello: bool,
     /// Deadline for each network step (connect, each TLS handshake, the upgrade answer).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -292,6 +299,7 @@ impl Common {
             bind: self.bind,
             proxy,
             cache: Cache::user(self.cache_ttl),
+            early_hello: self.early_hello,
             timeouts: Timeouts {
                 connect: self.timeout,
                 tls: self.timeout,

@@ -185,6 +185,11 @@ pub async fn probe(client: &Client) -> Report {
             return report;
         };
         let mut report = inner(report, client, Path::Upgrade(asked)).await;
+        if let Some(Path::Upgrade(in_use)) = report.path {
+            if !client.options.early_hello {
+                early_hello_step(&mut report, client, in_use).await;
+            }
+        }
         if report.path.is_some() {
             store_step(
                 &mut report,
@@ -334,20 +339,54 @@ async fn try_upgrade(client: &Client, framing: Framing) -> Result<Framing, Clien
 /// switched to).
 async fn inner(mut report: Report, client: &Client, path: Path) -> Report {
     let started = Instant::now();
+    let early = match path {
+        Path::Upgrade(_) if client.options.early_hello => ", ClientHello behind the request",
+        _ => "",
+    };
     match client.pipeline(path).await {
         Ok((tls, in_use)) => {
             report.step(
-                format!("inner TLS via {in_use}"),
+                format!("inner TLS via {in_use}{early}"),
                 started,
                 Ok(tls_summary(&tls)),
             );
             report.path = Some(in_use);
         }
         Err(e) => {
-            report.step(format!("inner TLS via {path}"), started, Err(e.to_string()));
+            report.step(
+                format!("inner TLS via {path}{early}"),
+                started,
+                Err(e.to_string()),
+            );
         }
     }
     report
+}
+
+/// Whether the path carries the inner ClientHello sent right behind the
+/// upgrade request (`--early-hello`), tried with the framing that worked. A
+/// hop that drops those bytes leaves the handshake waiting, so the wait is
+/// bounded by four times what the inner TLS just took after the 101 (at
+/// least a second, at most the TLS deadline). Not carried is a finding, not a
+/// failure: tunnels work without it.
+async fn early_hello_step(report: &mut Report, client: &Client, framing: Framing) {
+    let usual = report.steps.last().map_or(0.0, |s| s.millis);
+    let bound = std::time::Duration::from_secs_f64((usual * 4.0 / 1000.0).max(1.0))
+        .min(client.options.timeouts.tls);
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(bound, client.early_hello(framing)).await {
+        Ok(Ok(_)) => "carried: every hop passes bytes sent before the 101, so --early-hello opens a tunnel a round trip sooner (this step's time against the one above)".to_string(),
+        Ok(Err(e)) => format!("not carried ({e}): leave --early-hello off"),
+        Err(_) => format!(
+            "not carried: no answer to the ClientHello within {} (a hop holds back or drops bytes sent before the 101): leave --early-hello off",
+            humantime::format_duration(bound)
+        ),
+    };
+    report.step(
+        "inner ClientHello behind the upgrade request",
+        started,
+        Ok(outcome),
+    );
 }
 
 fn fail(mut report: Report, name: &str, started: Instant, e: ClientError) -> Report {

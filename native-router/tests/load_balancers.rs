@@ -2,8 +2,9 @@
 //! `deploy/load-balancers/` (nginx, HAProxy, Envoy): client -> load balancer ->
 //! Envoy with the filter -> router -> real backends. `psql` and `redis-cli`
 //! through `alpn-tunnel`, 100 MiB each way per framing, keepalives against the
-//! load balancer's idle timeout, the web application served meanwhile, and the
-//! real client address at the backend.
+//! load balancer's idle timeout, the web application served meanwhile, the
+//! inner ClientHello sent behind the upgrade request, and the real client
+//! address at the backend.
 
 mod support;
 
@@ -13,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use alpn_protocol::framing::{Framing, Subprotocol};
-use alpn_tunnel::{Client, Options, ServerUrl, Timeouts, UpgradeMode};
+use alpn_tunnel::{Client, Options, Path, ServerUrl, Timeouts, UpgradeMode};
 use integration_tests::databases::{Postgres, Redis};
 use integration_tests::envoy::{Bootstrap, Envoy};
 use integration_tests::load_balancer::{Kind, LoadBalancer};
@@ -98,7 +99,17 @@ impl Setup {
 
     /// A client of the router through `lb`.
     fn client_through(&self, lb: &LoadBalancer, alpn: &str, upgrade: UpgradeMode) -> Client {
-        let options = Options {
+        Client::new(
+            ServerUrl::parse(&url(lb)).unwrap(),
+            alpn,
+            self.options(lb, upgrade),
+        )
+        .unwrap()
+    }
+
+    /// The options of a client through `lb`.
+    fn options(&self, lb: &LoadBalancer, upgrade: UpgradeMode) -> Options {
+        Options {
             sni: Some("router.test".into()),
             ca: Some(vec![self.pki.server_ca.clone()]),
             outer_ca: Some(vec![lb.cert.der()]),
@@ -111,8 +122,7 @@ impl Setup {
             },
             bind: Some(CLIENT.parse().unwrap()),
             ..Options::default()
-        };
-        Client::new(ServerUrl::parse(&url(lb)).unwrap(), alpn, options).unwrap()
+        }
     }
 
     /// A plain HTTPS request through the load balancer to the web application.
@@ -304,9 +314,50 @@ fn client_addresses(s: &Setup) {
         .all(|h| h.starts_with("GET /index.html")));
 }
 
+/// The inner ClientHello right behind the upgrade request (`--early-hello`):
+/// this load balancer passes bytes sent before the 101, so every framing
+/// opens that way, and the probe says so.
+async fn early_hello(s: &Setup) {
+    for framing in [
+        Framing::Alpn,
+        Framing::AlpnPing,
+        Framing::WebSocket(Subprotocol::Alpn),
+        Framing::WebSocket(Subprotocol::AlpnPing),
+    ] {
+        let options = Options {
+            early_hello: true,
+            ..s.options(&s.lb, UpgradeMode::Framing(framing))
+        };
+        let (mut stream, path) =
+            Client::new(ServerUrl::parse(&s.server()).unwrap(), "echo", options)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("{} with the early hello: {e}", framing.name()));
+        assert!(matches!(path, Path::Upgrade(_)), "{path}");
+        stream.write_all(b"early").await.unwrap();
+        let mut back = [0u8; 5];
+        stream.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"early", "{}", framing.name());
+    }
+    let client = s.client("echo", UpgradeMode::Auto);
+    let report = alpn_tunnel::probe::probe(&client).await;
+    let step = report
+        .steps
+        .iter()
+        .find(|st| st.name == "inner ClientHello behind the upgrade request")
+        .unwrap_or_else(|| panic!("no early hello step:\n{}", report.render(&client)));
+    assert!(
+        matches!(&step.outcome, Ok(t) if t.starts_with("carried:")),
+        "{}",
+        report.render(&client)
+    );
+}
+
 async fn behind(kind: Kind) {
     let s = setup(kind);
     real_clients(&s);
+    early_hello(&s).await;
     bulk(&s).await;
     keepalives_and_web(&s).await;
     client_addresses(&s);

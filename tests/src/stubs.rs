@@ -157,3 +157,57 @@ pub fn recorder() -> Stub {
             .push(String::from_utf8_lossy(&buf[..n]).into_owned());
     })
 }
+
+/// A hop in front of `upstream` that passes each request head on but drops
+/// whatever its client sent behind it before the upstream's answer came back
+/// (as a proxy that reads one request and nothing more until the upgrade is
+/// answered would), then pipes both ways. Bytes a client sends early are
+/// lost; a client that waits for the answer is served.
+pub fn forgetful_hop(upstream: SocketAddr) -> Stub {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let record = record.clone();
+            thread::spawn(move || {
+                let Some((head, _early)) = read_head(&mut conn) else {
+                    return;
+                };
+                record.lock().unwrap().push(head.clone());
+                let Ok(mut up) = TcpStream::connect(upstream) else {
+                    return;
+                };
+                let _ = up.set_nodelay(true);
+                let _ = conn.set_nodelay(true);
+                if up.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let Some((answer, rest)) = read_head(&mut up) else {
+                    return;
+                };
+                // What else came from the client meanwhile goes too.
+                let _ = conn.set_nonblocking(true);
+                let mut scratch = [0u8; 4096];
+                while matches!(conn.read(&mut scratch), Ok(n) if n > 0) {}
+                let _ = conn.set_nonblocking(false);
+                if conn.write_all(answer.as_bytes()).is_err() || conn.write_all(&rest).is_err() {
+                    return;
+                }
+                let (Ok(mut from_client), Ok(mut to_up)) = (conn.try_clone(), up.try_clone())
+                else {
+                    return;
+                };
+                let forth = thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_up);
+                    let _ = to_up.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut up, &mut conn);
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = forth.join();
+            });
+        }
+    });
+    Stub { addr, seen }
+}

@@ -97,3 +97,96 @@ impl Framing {
         }
     }
 }
+
+/// Appends `payload` to `out` as one data frame a client sends in `framing`:
+/// as it is for `alpn`, behind its length for `alpn-ping`, as a masked binary
+/// WebSocket frame (a fresh mask) for `websocket`. For bytes a client sends
+/// before it has a stream to frame them with: the inner ClientHello right
+/// behind the upgrade request, where the request's framing is not yet
+/// answered but is the only one the server may switch to.
+#[cfg(feature = "tokio")]
+pub fn encode_client_frame(
+    framing: Framing,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use crate::websocket::{apply_mask, encode_header, FIN, MAX_HEADER, OP_BINARY};
+    match framing {
+        Framing::Alpn => out.extend_from_slice(payload),
+        Framing::AlpnPing => {
+            let len = u32::try_from(payload.len()).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame over 4 GiB")
+            })?;
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        Framing::WebSocket(_) => {
+            let mut key = [0; 4];
+            getrandom::fill(&mut key).map_err(|e| {
+                std::io::Error::other(format!("no randomness for a WebSocket mask: {e}"))
+            })?;
+            let mut header = [0; MAX_HEADER];
+            let n = encode_header(
+                &mut header,
+                FIN | OP_BINARY,
+                payload.len() as u64,
+                Some(key),
+            );
+            out.extend_from_slice(&header[..n]);
+            let start = out.len();
+            out.extend_from_slice(payload);
+            apply_mask(&mut out[start..], key, 0);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(all(test, feature = "tokio"))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What a client frames ahead of its stream, the server's own reader
+    /// reads back, whatever the payload's size (each WebSocket length form).
+    #[tokio::test]
+    async fn a_frame_encoded_ahead_reads_back_through_the_servers_framing() {
+        let framings = [
+            Framing::Alpn,
+            Framing::AlpnPing,
+            Framing::WebSocket(Subprotocol::Alpn),
+            Framing::WebSocket(Subprotocol::AlpnPing),
+        ];
+        for framing in framings {
+            for len in [0usize, 1, 125, 126, 517, 65_535, 65_536, 70_000] {
+                let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                let mut wire = Vec::new();
+                encode_client_frame(framing, &payload, &mut wire).unwrap();
+                let (mut client, server) = tokio::io::duplex(1 << 20);
+                client.write_all(&wire).await.unwrap();
+                client.shutdown().await.unwrap();
+                let mut framed =
+                    Framed::new(framing, Role::Server, server, Vec::new(), Duration::ZERO);
+                let mut back = Vec::new();
+                framed.read_to_end(&mut back).await.unwrap();
+                assert!(
+                    back == payload,
+                    "{} with {len} bytes: {} read back",
+                    framing.name(),
+                    back.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_websocket_frame_is_masked_and_binary() {
+        let payload = [0u8; 40];
+        let mut wire = Vec::new();
+        encode_client_frame(Framing::WebSocket(Subprotocol::Alpn), &payload, &mut wire).unwrap();
+        assert_eq!(wire[0], 0x82, "FIN and binary");
+        assert_eq!(wire[1], 0x80 | 40, "masked, 40 bytes");
+        assert_eq!(wire.len(), 2 + 4 + 40);
+        assert_eq!(&wire[6..], &wire[2..6].repeat(10)[..], "zeros XOR the mask");
+    }
+}
