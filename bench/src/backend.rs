@@ -146,6 +146,11 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self._process.pid()
+    }
+
     /// Starts `bench_bin backend`.
     pub fn start(bench_bin: &std::path::Path) -> Backend {
         let mut process = Logged::spawn(Command::new(bench_bin).arg("backend"));

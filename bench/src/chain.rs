@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::backend::Backend;
-use crate::measure::{self, percentile};
+use crate::measure::{self, median, percentile};
 use crate::peers::RouterProcess;
 use crate::report::{Row, Scenario, Target};
 use crate::{Baseline, Settings};
@@ -152,6 +152,8 @@ impl Chain {
 pub struct Chains {
     current: Chain,
     baseline: Option<(Baseline, Chain)>,
+    /// The backend's process, whose CPU the chain's CPU split counts.
+    backend_pid: u32,
 }
 
 /// A subject of the chain's scenarios: its name, and a tunnel client for its
@@ -168,7 +170,27 @@ impl Chains {
                 .baseline
                 .as_ref()
                 .map(|b| (b.clone(), Chain::start(backend, &b.router_bin))),
+            backend_pid: backend.pid(),
         }
+    }
+
+    /// The processes of the current chain whose CPU the split counts, in
+    /// report order: the client (this process: the tunnel's or the HTTPS
+    /// client is all it runs meanwhile), nginx, Envoy, the router and the
+    /// backend, each with all its threads (nginx with its workers).
+    fn processes(&self) -> [(&'static str, u32, bool); 5] {
+        let chain = &self.current;
+        [
+            ("client", std::process::id(), false),
+            (
+                "nginx",
+                chain.lb.pid().expect("nginx runs as a child"),
+                true,
+            ),
+            ("Envoy", chain._envoy.pid(), true),
+            ("router", chain.router.process.pid(), true),
+            ("backend", self.backend_pid, true),
+        ]
     }
 
     /// Every subject of the chain's scenarios for the route `alpn`, in report
@@ -204,21 +226,38 @@ async fn close(mut stream: Box<dyn Io>) {
     let _ = stream.shutdown().await;
 }
 
+/// CPU seconds used so far by each of `processes` (see [`Chains::processes`]).
+fn cpu_now(processes: &[(&'static str, u32, bool); 5]) -> [f64; 5] {
+    processes.map(|(_, pid, tree)| match tree {
+        true => measure::tree_cpu_secs(pid),
+        false => measure::process_cpu_secs(pid),
+    })
+}
+
 /// Scenario 2: MiB/s of one download per subject, through the chain per
-/// framing and as plain HTTPS through the same nginx and Envoy.
-pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<Scenario> {
+/// framing and as plain HTTPS through the same nginx and Envoy; and where
+/// the CPU of each download went, process by process (the current chain's
+/// subjects only).
+pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<[Scenario; 2]> {
     let bytes = settings.size(256 << 20, 1 << 20) as u64;
+    let gib = bytes as f64 / f64::from(1 << 30);
     let (subjects, paired) = chains.subjects("source");
+    let baselines: Vec<usize> = paired.iter().map(|i| i + 1).collect();
+    let processes = chains.processes();
     let chain = &chains.current;
     let mut runs = vec![Vec::new(); subjects.len()];
+    // Per subject, per process: CPU seconds per GiB, one per round.
+    let mut cpu = vec![vec![Vec::new(); processes.len() + 1]; subjects.len()];
     // Round-robin over the subjects, so that a noisy moment hurts all alike.
     for round in 0..settings.size(3, 1) {
         for i in crate::turns(subjects.len(), round, &paired) {
             let tunnel_to = &subjects[i].1;
             let started;
+            let before;
             match tunnel_to {
                 Some((client, path)) => {
                     let mut s = tunnel(client, *path).await?;
+                    before = cpu_now(&processes);
                     started = Instant::now();
                     measure::download(&mut s, bytes).await?;
                     let secs = started.elapsed().as_secs_f64();
@@ -226,6 +265,7 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
                     runs[i].push(measure::mib_per_s(bytes as usize, secs));
                 }
                 None => {
+                    before = cpu_now(&processes);
                     started = Instant::now();
                     let got = chain.get(&format!("/bytes/{bytes}")).await?;
                     anyhow::ensure!(got == bytes, "HTTPS download: {got} of {bytes} bytes");
@@ -235,6 +275,28 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
                     ));
                 }
             }
+            if !baselines.contains(&i) {
+                let after = cpu_now(&processes);
+                let used: Vec<f64> = (0..processes.len())
+                    .map(|p| (after[p] - before[p]).max(0.0) / gib)
+                    .collect();
+                cpu[i][processes.len()].push(used.iter().sum());
+                for (p, u) in used.into_iter().enumerate() {
+                    cpu[i][p].push(u);
+                }
+            }
+        }
+    }
+    let mut cpu_rows = Vec::new();
+    let groups = processes
+        .iter()
+        .map(|(name, _, _)| *name)
+        .chain(["all five"]);
+    for (p, group) in groups.enumerate() {
+        for (i, (name, _)) in subjects.iter().enumerate() {
+            if !baselines.contains(&i) {
+                cpu_rows.push(Row::grouped(name, group, median(cpu[i][p].clone())));
+            }
         }
     }
     let rows = subjects
@@ -242,7 +304,7 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
         .zip(runs)
         .map(|((name, _), r)| Row::median_of(name, r))
         .collect();
-    Ok(Scenario {
+    let throughput = Scenario {
         id: "chain-throughput",
         title: "Full chain: download through nginx (as the ALB), Envoy + filter, router",
         unit: "MiB/s",
@@ -263,7 +325,25 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
             bytes >> 20
         ),
         rows,
-    })
+    };
+    let cpu = Scenario {
+        id: "chain-cpu",
+        title: "Full chain: where each download's CPU goes, process by process",
+        unit: "CPU seconds per GiB",
+        higher_is_better: false,
+        baseline: HTTPS,
+        target: None,
+        method: format!(
+            "The downloads above (the current router's chain): the CPU time (user + system, from /proc) each \
+             process used during the download, per GiB. The client is the benchmark's own process (the \
+             tunnel's client, or the HTTPS client: all it runs meanwhile); nginx with its workers; Envoy; the \
+             router; the backend. {} rounds, the median of each. On two shared cores every figure is CPU that \
+             the others could not use: where a subject's total is higher, its throughput is lower.",
+            settings.size(3, 1)
+        ),
+        rows: cpu_rows,
+    };
+    Ok([throughput, cpu])
 }
 
 /// Scenario 3: time from connect to the first echoed byte (tunnels) or to the

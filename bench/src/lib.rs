@@ -148,7 +148,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
     if settings.runs(Group::Chain) {
         eprintln!("measuring the full chain ...");
         let chains = chain::Chains::start(&backend, settings);
-        scenarios.push(chain::throughput(settings, &chains).await?);
+        scenarios.extend(chain::throughput(settings, &chains).await?);
         scenarios.extend(chain::latency(settings, &chains).await?);
     }
     if settings.runs(Group::Handshakes) {

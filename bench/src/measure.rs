@@ -382,6 +382,13 @@ pub fn tree_cpu_secs(pid: u32) -> f64 {
     ticks as f64 / clock_ticks_per_second()
 }
 
+/// CPU time (user + system, seconds) used so far by process `pid` alone (its
+/// threads, not its children).
+pub fn process_cpu_secs(pid: u32) -> f64 {
+    let ticks = stat_field(pid, 14).unwrap_or(0) + stat_field(pid, 15).unwrap_or(0);
+    ticks as f64 / clock_ticks_per_second()
+}
+
 /// The kernel's clock ticks per second (`getconf CLK_TCK`), which /proc counts in.
 fn clock_ticks_per_second() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();

@@ -26,6 +26,7 @@ async fn every_scenario_runs_and_reports() {
             "data-path-64-cpu",
             "websocket-upload",
             "chain-throughput",
+            "chain-cpu",
             "latency-p50",
             "latency-p99",
             "handshakes",
@@ -71,7 +72,7 @@ async fn every_scenario_runs_and_reports() {
             );
         }
     }
-    let scaling = &scenarios[13];
+    let scaling = &scenarios[14];
     assert_eq!(
         scaling.rows.iter().map(|r| r.label()).collect::<Vec<_>>(),
         [
@@ -137,8 +138,8 @@ async fn every_scenario_runs_and_reports() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("latest.json")).unwrap())
             .unwrap();
-    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(15));
-    assert_eq!(json["scenarios"][13]["rows"][4]["group"], "16 tunnels");
+    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(16));
+    assert_eq!(json["scenarios"][14]["rows"][4]["group"], "16 tunnels");
 }
 
 /// A comparison run: the same router binary as its own baseline, so the code
@@ -168,6 +169,7 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
             "data-path-64-cpu",
             "websocket-upload",
             "chain-throughput",
+            "chain-cpu",
             "latency-p50",
             "latency-p99",
             "handshakes",

@@ -189,3 +189,27 @@ fn probe_says_whether_the_path_carries_the_client_hello() {
     );
     assert!(!out.contains(step), "no second try when it is set:\n{out}");
 }
+
+/// A refused upgrade is reported as the refusal, although the ClientHello
+/// behind it reaches the server as if it were a second request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_reported_as_such() {
+    let s = setup();
+    let options = Options {
+        sni: Some("router.test".into()),
+        ca: Some(vec![s.pki.server_ca.clone()]),
+        upgrade: UpgradeMode::Framing(Framing::AlpnPing),
+        early_hello: true,
+        ..Options::default()
+    };
+    let url = ServerUrl::parse(&format!("http://{}/elsewhere", s.router.upgrade)).unwrap();
+    let err = match Client::new(url, "echo", options).unwrap().connect().await {
+        Ok(_) => panic!("an upgrade on the wrong path opened a tunnel"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert!(
+        matches!(err, ClientError::Upgrade { .. }) && text.contains("404"),
+        "{text}"
+    );
+}
