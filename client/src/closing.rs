@@ -102,6 +102,22 @@ impl AsyncWrite for Carrier {
         carrier!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        carrier!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Carrier::Direct(s) => s.is_write_vectored(),
+            Carrier::Upgraded(s) => s.is_write_vectored(),
+            Carrier::Pending => false,
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         carrier!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }

@@ -12,6 +12,8 @@
 pub mod alpn_ping;
 #[cfg(feature = "tokio")]
 mod framed;
+#[cfg(all(test, feature = "tokio"))]
+mod test_wire;
 #[cfg(feature = "tokio")]
 pub mod websocket;
 
@@ -21,6 +23,11 @@ pub use alpn_ping::AlpnPingStream;
 pub use framed::{discard_until_end, Ending, Finish, Framed, Io, Prefixed};
 #[cfg(feature = "tokio")]
 pub(crate) use framed::{poll_fill, poll_read_limited, Pinger};
+
+/// The most of a caller's slices one framed write passes on to the socket
+/// (rustls hands over up to 64 records at a time).
+#[cfg(feature = "tokio")]
+pub(crate) const MAX_SLICES: usize = 64;
 #[cfg(feature = "tokio")]
 pub use websocket::WebSocketStream;
 

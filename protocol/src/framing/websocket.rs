@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{poll_fill, poll_read_limited, Pinger, Role};
+use super::{poll_fill, poll_read_limited, Pinger, Role, MAX_SLICES};
 
 pub(crate) use crate::websocket::{
     apply_mask, close_code_allowed, encode_header, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR,
@@ -21,12 +21,12 @@ pub(crate) use crate::websocket::{
 };
 
 /// The largest payload of a data frame written; readers accept up to 2^63 - 1.
-const MAX_FRAME: usize = 64 * 1024;
+/// 128 KiB: the four TLS records of a 64 KiB copy (16,406 bytes each with
+/// their headers) fit one frame, and so one write.
+const MAX_FRAME: usize = 128 * 1024;
 /// How much of the caller's bytes a client masks per write (at most one frame):
 /// two TLS records and a little more.
 const SCRATCH: usize = 32 * 1024;
-/// The most of the caller's slices a server passes on in one write.
-const MAX_SLICES: usize = 64;
 /// A stream framed as WebSocket binary messages.
 pub struct WebSocketStream<S> {
     inner: S,
@@ -662,6 +662,7 @@ fn closed_abnormally(role: Role, code: u16, reason: &[u8]) -> io::Error {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_wire::CountingWire;
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
@@ -780,55 +781,6 @@ mod tests {
         }
     }
 
-    /// An inner stream that keeps what is written and counts the writes.
-    #[derive(Default)]
-    struct CountingWire {
-        bytes: Vec<u8>,
-        writes: usize,
-    }
-
-    impl AsyncRead for CountingWire {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-    }
-
-    impl AsyncWrite for CountingWire {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
-        }
-        fn poll_write_vectored(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            this.writes += 1;
-            let before = this.bytes.len();
-            for b in bufs {
-                this.bytes.extend_from_slice(b);
-            }
-            Poll::Ready(Ok(this.bytes.len() - before))
-        }
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     /// The wire's frames, unmasked: (first byte, masked, payload) each.
     fn frames_of(mut wire: &[u8]) -> Vec<(u8, bool, Vec<u8>)> {
         let mut frames = Vec::new();
@@ -865,8 +817,8 @@ mod tests {
         let mut server = WebSocketStream::new(CountingWire::default(), Role::Server, None);
         let n = server.write_vectored(&slices).await.unwrap();
         assert_eq!(n, 3 * 16_406);
-        assert_eq!(server.inner.writes, 1);
-        let frames = frames_of(&server.inner.bytes);
+        assert_eq!(server.inner.writes(), 1);
+        let frames = frames_of(&server.inner.bytes());
         assert_eq!(frames.len(), 1);
         assert_eq!((frames[0].0, frames[0].1), (FIN | OP_BINARY, false));
         assert!(frames[0].2 == records.concat());
@@ -875,8 +827,8 @@ mod tests {
         let data = pseudo_random(20_000, 13);
         let mut client = WebSocketStream::new(CountingWire::default(), Role::Client, None);
         assert_eq!(client.write(&data).await.unwrap(), data.len());
-        assert_eq!(client.inner.writes, 1);
-        let frames = frames_of(&client.inner.bytes);
+        assert_eq!(client.inner.writes(), 1);
+        let frames = frames_of(&client.inner.bytes());
         assert_eq!(frames.len(), 1);
         assert_eq!((frames[0].0, frames[0].1), (FIN | OP_BINARY, true));
         assert!(frames[0].2 == data);
