@@ -174,12 +174,16 @@ impl Chains {
         }
     }
 
-    /// The processes of the current chain whose CPU the split counts, in
-    /// report order: the client (this process: the tunnel's or the HTTPS
-    /// client is all it runs meanwhile), nginx, Envoy, the router and the
-    /// backend, each with all its threads (nginx with its workers).
-    fn processes(&self) -> [(&'static str, u32, bool); 5] {
-        let chain = &self.current;
+    /// The processes of a chain (the baseline's if `baseline`) whose CPU the
+    /// split counts, in report order: the client (this process: the tunnel's
+    /// or the HTTPS client is all it runs meanwhile), nginx, Envoy, the
+    /// router and the backend, each with all its threads (nginx with its
+    /// workers).
+    fn processes(&self, baseline: bool) -> [(&'static str, u32, bool); 5] {
+        let chain = match &self.baseline {
+            Some((_, chain)) if baseline => chain,
+            _ => &self.current,
+        };
         [
             ("client", std::process::id(), false),
             (
@@ -236,18 +240,18 @@ fn cpu_now(processes: &[(&'static str, u32, bool); 5]) -> [f64; 5] {
 
 /// Scenario 2: MiB/s of one download per subject, through the chain per
 /// framing and as plain HTTPS through the same nginx and Envoy; and where
-/// the CPU of each download went, process by process (the current chain's
-/// subjects only).
+/// the CPU of each download went, process by process (a baseline router's
+/// subjects through the baseline's own chain).
 pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<[Scenario; 2]> {
     let bytes = settings.size(256 << 20, 1 << 20) as u64;
     let gib = bytes as f64 / f64::from(1 << 30);
     let (subjects, paired) = chains.subjects("source");
     let baselines: Vec<usize> = paired.iter().map(|i| i + 1).collect();
-    let processes = chains.processes();
+    let processes = [chains.processes(false), chains.processes(true)];
     let chain = &chains.current;
     let mut runs = vec![Vec::new(); subjects.len()];
     // Per subject, per process: CPU seconds per GiB, one per round.
-    let mut cpu = vec![vec![Vec::new(); processes.len() + 1]; subjects.len()];
+    let mut cpu = vec![vec![Vec::new(); 6]; subjects.len()];
     // Round-robin over the subjects, so that a noisy moment hurts all alike.
     for round in 0..settings.size(3, 1) {
         for i in crate::turns(subjects.len(), round, &paired) {
@@ -257,7 +261,7 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
             match tunnel_to {
                 Some((client, path)) => {
                     let mut s = tunnel(client, *path).await?;
-                    before = cpu_now(&processes);
+                    before = cpu_now(&processes[usize::from(baselines.contains(&i))]);
                     started = Instant::now();
                     measure::download(&mut s, bytes).await?;
                     let secs = started.elapsed().as_secs_f64();
@@ -265,7 +269,7 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
                     runs[i].push(measure::mib_per_s(bytes as usize, secs));
                 }
                 None => {
-                    before = cpu_now(&processes);
+                    before = cpu_now(&processes[0]);
                     started = Instant::now();
                     let got = chain.get(&format!("/bytes/{bytes}")).await?;
                     anyhow::ensure!(got == bytes, "HTTPS download: {got} of {bytes} bytes");
@@ -275,28 +279,24 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
                     ));
                 }
             }
-            if !baselines.contains(&i) {
-                let after = cpu_now(&processes);
-                let used: Vec<f64> = (0..processes.len())
-                    .map(|p| (after[p] - before[p]).max(0.0) / gib)
-                    .collect();
-                cpu[i][processes.len()].push(used.iter().sum());
-                for (p, u) in used.into_iter().enumerate() {
-                    cpu[i][p].push(u);
-                }
+            let after = cpu_now(&processes[usize::from(baselines.contains(&i))]);
+            let used: Vec<f64> = (0..5)
+                .map(|p| (after[p] - before[p]).max(0.0) / gib)
+                .collect();
+            cpu[i][5].push(used.iter().sum());
+            for (p, u) in used.into_iter().enumerate() {
+                cpu[i][p].push(u);
             }
         }
     }
     let mut cpu_rows = Vec::new();
-    let groups = processes
+    let groups = processes[0]
         .iter()
         .map(|(name, _, _)| *name)
         .chain(["all five"]);
     for (p, group) in groups.enumerate() {
         for (i, (name, _)) in subjects.iter().enumerate() {
-            if !baselines.contains(&i) {
-                cpu_rows.push(Row::grouped(name, group, median(cpu[i][p].clone())));
-            }
+            cpu_rows.push(Row::grouped(name, group, median(cpu[i][p].clone())));
         }
     }
     let rows = subjects
@@ -334,7 +334,7 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
         baseline: HTTPS,
         target: None,
         method: format!(
-            "The downloads above (the current router's chain): the CPU time (user + system, from /proc) each \
+            "The downloads above (with a baseline router, its own through its own nginx and Envoy): the CPU time (user + system, from /proc) each \
              process used during the download, per GiB. The client is the benchmark's own process (the \
              tunnel's client, or the HTTPS client: all it runs meanwhile); nginx with its workers; Envoy; the \
              router; the backend. {} rounds, the median of each. On two shared cores every figure is CPU that \

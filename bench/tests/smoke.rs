@@ -193,6 +193,7 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
         ),
         ("websocket-upload", "alpn, download (reference)"),
         ("chain-throughput", "tunnel, direct to the router"),
+        ("chain-cpu", "tunnel via nginx + Envoy, alpn-ping"),
         ("latency-p50", "tunnel via nginx + Envoy, websocket"),
         ("handshakes", "alpn-router"),
         ("handshakes-resumed", "alpn-router"),
@@ -200,8 +201,9 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
     ] {
         assert!(paired.contains(&expected), "{expected:?} not in {paired:?}");
     }
-    // 1 + 1 + 1 + 4 + 4 + 4 + 4 + 1 + 1 + 1 + 1: the router's subjects, and no other.
-    assert_eq!(pairs.len(), 23, "{paired:?}");
+    // 1 + 1 + 1 + 4 + 4 + 24 + 4 + 4 + 1 + 1 + 1 + 1: the router's subjects
+    // (in chain-cpu, the four tunnels in each of six groups), and no other.
+    assert_eq!(pairs.len(), 47, "{paired:?}");
     for p in &pairs {
         assert!(p.ratio.is_finite() || p.baseline == 0.0, "{p:?}");
     }
@@ -227,5 +229,5 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
         &std::fs::read_to_string(dir.path().join("compare-same.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(json["pairs"].as_array().map(Vec::len), Some(23));
+    assert_eq!(json["pairs"].as_array().map(Vec::len), Some(47));
 }
