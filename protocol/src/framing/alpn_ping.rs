@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{poll_fill, poll_read_limited, Pinger, Role, MAX_SLICES};
+use super::{poll_fill, poll_read_limited, poll_write_frame, Pinger, Role};
 
 /// The largest frame written; readers accept any length.
 /// 128 KiB: the four TLS records of a 64 KiB copy (16,406 bytes each with
@@ -161,23 +161,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AlpnPingStream<S> {
         }
         loop {
             let header = &this.write_header[this.write_header_pos..];
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES + 1];
-            let mut k = 0;
-            if !header.is_empty() {
-                slices[0] = IoSlice::new(header);
-                k = 1;
-            }
-            let mut left = total.min(this.write_remaining);
-            for b in bufs.iter().filter(|b| !b.is_empty()) {
-                if left == 0 || k == slices.len() {
-                    break;
-                }
-                let take = b.len().min(left);
-                slices[k] = IoSlice::new(&b[..take]);
-                k += 1;
-                left -= take;
-            }
-            let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &slices[..k]))?;
+            let len = total.min(this.write_remaining);
+            let n = ready!(poll_write_frame(&mut this.inner, cx, header, bufs, len))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }

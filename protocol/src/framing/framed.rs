@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use super::{websocket, AlpnPingStream, Framing, Role, WebSocketStream};
+use super::{websocket, AlpnPingStream, Framing, Role, WebSocketStream, MAX_SLICES};
 
 /// Any stream a tunnel can carry: the router's and the client's streams are
 /// boxed as this.
@@ -271,6 +271,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Framed<S> {
             delegate!(&mut this.kind, s => Pin::new(s).poll_flush(cx))
         }
     }
+}
+
+/// Writes what is left of a frame's `header` and up to `len` bytes of
+/// `bufs` (its payload) to `inner` in one vectored write; returns how many
+/// bytes of both the write took. A frame, header and payload, then costs one
+/// system call, however many slices (TLS records) the payload is in.
+pub(crate) fn poll_write_frame<S: AsyncWrite + Unpin>(
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    header: &[u8],
+    bufs: &[IoSlice<'_>],
+    len: usize,
+) -> Poll<io::Result<usize>> {
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES + 1];
+    let mut k = 0;
+    if !header.is_empty() {
+        slices[0] = IoSlice::new(header);
+        k = 1;
+    }
+    let mut left = len;
+    for b in bufs.iter().filter(|b| !b.is_empty()) {
+        if left == 0 || k == slices.len() {
+            break;
+        }
+        let take = b.len().min(left);
+        slices[k] = IoSlice::new(&b[..take]);
+        k += 1;
+        left -= take;
+    }
+    Pin::new(inner).poll_write_vectored(cx, &slices[..k])
 }
 
 /// A stream whose first bytes were already read (past the HTTP head).

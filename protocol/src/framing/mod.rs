@@ -22,7 +22,7 @@ pub use alpn_ping::AlpnPingStream;
 #[cfg(feature = "tokio")]
 pub use framed::{discard_until_end, Ending, Finish, Framed, Io, Prefixed};
 #[cfg(feature = "tokio")]
-pub(crate) use framed::{poll_fill, poll_read_limited, Pinger};
+pub(crate) use framed::{poll_fill, poll_read_limited, poll_write_frame, Pinger};
 
 /// The most of a caller's slices one framed write passes on to the socket
 /// (rustls hands over up to 64 records at a time).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{poll_fill, poll_read_limited, Pinger, Role, MAX_SLICES};
+use super::{poll_fill, poll_read_limited, poll_write_frame, Pinger, Role};
 
 pub(crate) use crate::websocket::{
     apply_mask, close_code_allowed, encode_header, CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR,
@@ -560,25 +560,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketStream<S> {
             let header = &this.write_header[this.write_header_pos..this.write_header_len];
             let len = total.min(this.write_remaining);
             let n = match this.role {
-                Role::Server => {
-                    let mut slices = [IoSlice::new(&[]); MAX_SLICES + 1];
-                    let mut k = 0;
-                    if !header.is_empty() {
-                        slices[0] = IoSlice::new(header);
-                        k = 1;
-                    }
-                    let mut left = len;
-                    for b in bufs.iter().filter(|b| !b.is_empty()) {
-                        if left == 0 || k == slices.len() {
-                            break;
-                        }
-                        let take = b.len().min(left);
-                        slices[k] = IoSlice::new(&b[..take]);
-                        k += 1;
-                        left -= take;
-                    }
-                    ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &slices[..k]))?
-                }
+                Role::Server => ready!(poll_write_frame(&mut this.inner, cx, header, bufs, len))?,
                 Role::Client => {
                     // Masked anew on every call: only what the inner stream
                     // takes counts.
