@@ -6,19 +6,14 @@
 //! probe` finds out whether the path does.
 //!
 //! The ClientHello goes out framed as the requested framing frames it
-//! ([`encode_client_frame`]): a server either switches to that framing
+//! ([`alpn_protocol::framing::encode_client_frame`]): a server either switches to that framing
 //! (WebSocket's subprotocols differ in who pings, not in how frames look) or
 //! refuses, and a refusal is reported as any other.
-
-use std::io;
-
-use tokio::io::AsyncWriteExt;
 
 use crate::closing::{Carrier, InnerTls};
 use crate::handshake::server_name;
 use crate::{Client, ClientError, Path};
-use alpn_protocol::framing::{encode_client_frame, Framed, Framing, Role};
-use alpn_protocol::handshake::{self as upgrade, AnswerError};
+use alpn_protocol::framing::Framing;
 
 /// The step the inner TLS is, in errors: a deadline missed here may mean a hop
 /// holds back (or dropped) the bytes sent before the answer.
@@ -32,25 +27,11 @@ impl Client {
         &self,
         framing: Framing,
     ) -> Result<(InnerTls, Path), ClientError> {
-        let asked = || {
-            self.options
-                .names
-                .type_token(framing.upgrade_type())
-                .to_string()
-        };
-        let upgrade_failed = |error: AnswerError| ClientError::Upgrade {
-            url: self.server.to_string(),
-            asked: asked(),
-            error,
-        };
-        let mut stream = self.http_connection().await?;
-        let inner_failed = |error| ClientError::InnerTls {
+        let name = server_name(self.sni()).map_err(|error| ClientError::InnerTls {
             alpn: self.alpn.clone(),
             path: Path::Upgrade(framing),
             error,
-        };
-        let name = server_name(self.sni()).map_err(inner_failed)?;
-
+        })?;
         // The inner TLS begins with no carrier: its ClientHello is taken out
         // as soon as it is made, and it is not driven until the answer.
         let mut hello = Vec::new();
@@ -62,36 +43,13 @@ impl Client {
                     }
                 }
             });
-        let (request, key) = upgrade::client_request(
-            framing,
-            &self.server.authority(),
-            &self.server.path,
-            &self.options.names,
-        );
-        let mut out = request.into_bytes();
-        encode_client_frame(framing, &hello, &mut out).map_err(inner_failed)?;
-
-        let answer = async {
-            stream.write_all(&out).await?;
-            stream.flush().await?;
-            upgrade::read_switch(&mut stream, framing, key.as_deref(), &self.options.names).await
-        };
-        let switched = self
-            .deadline("the upgrade answer", self.options.timeouts.upgrade, async {
-                answer.await.map_err(upgrade_failed)
-            })
-            .await?;
-        let framed = Framed::new(
-            switched.framing,
-            Role::Client,
-            stream,
-            switched.leftover,
-            self.options.ping_interval,
-        );
+        let framed = self.upgraded_sending(framing, &hello).await?;
         let in_use = Path::Upgrade(framed.framing());
-        *connect.get_mut().ok_or_else(|| {
-            inner_failed(io::Error::other("the inner TLS ended before it began"))
-        })? = Carrier::Upgraded(framed);
+        // No carrier to give only if the inner TLS failed to begin: awaiting
+        // it then says why.
+        if let Some(carrier) = connect.get_mut() {
+            *carrier = Carrier::Upgraded(framed);
+        }
         let tls = self.checked_inner(connect, in_use, STEP).await?;
         Ok((tls, in_use))
     }

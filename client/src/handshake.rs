@@ -10,7 +10,7 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 
-use alpn_protocol::framing::{Framed, Framing, Role};
+use alpn_protocol::framing::{encode_client_frame, Framed, Framing, Role};
 use alpn_protocol::handshake::{self as upgrade, AnswerError};
 use alpn_protocol::names::Names;
 
@@ -20,15 +20,34 @@ use alpn_protocol::names::Names;
 /// chose), pinging after `ping_interval` with nothing sent (except raw `alpn`,
 /// which cannot carry a ping).
 pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: S,
     framing: Framing,
     host: &str,
     path: &str,
     names: &Names,
     ping_interval: Duration,
 ) -> Result<Framed<S>, AnswerError> {
+    upgrade_sending(stream, framing, host, path, names, ping_interval, &[]).await
+}
+
+/// [`upgrade`], with `early` (the start of the framed stream: the inner
+/// ClientHello) sent in the same write as the request, framed as `framing`
+/// frames it, without waiting for the answer; nothing more if it is empty.
+pub async fn upgrade_sending<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    framing: Framing,
+    host: &str,
+    path: &str,
+    names: &Names,
+    ping_interval: Duration,
+    early: &[u8],
+) -> Result<Framed<S>, AnswerError> {
     let (request, key) = upgrade::client_request(framing, host, path, names);
-    stream.write_all(request.as_bytes()).await?;
+    let mut out = request.into_bytes();
+    if !early.is_empty() {
+        encode_client_frame(framing, early, &mut out)?;
+    }
+    stream.write_all(&out).await?;
     stream.flush().await?;
     let switched = upgrade::read_switch(&mut stream, framing, key.as_deref(), names).await?;
     Ok(Framed::new(

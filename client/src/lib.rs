@@ -1040,16 +1040,27 @@ impl Client {
         &self,
         framing: Framing,
     ) -> Result<alpn_protocol::framing::Framed<Box<dyn Io>>, ClientError> {
+        self.upgraded_sending(framing, &[]).await
+    }
+
+    /// [`Client::upgraded`], with `early` (the inner ClientHello) sent in the
+    /// same write as the request.
+    pub(crate) async fn upgraded_sending(
+        &self,
+        framing: Framing,
+        early: &[u8],
+    ) -> Result<alpn_protocol::framing::Framed<Box<dyn Io>>, ClientError> {
         let stream = self.http_connection().await?;
         let host = self.server.authority();
         let answer = async {
-            upgrade(
+            handshake::upgrade_sending(
                 stream,
                 framing,
                 &host,
                 &self.server.path,
                 &self.options.names,
                 self.options.ping_interval,
+                early,
             )
             .await
             .map_err(|error| ClientError::Upgrade {

@@ -366,8 +366,8 @@ async fn inner(mut report: Report, client: &Client, path: Path) -> Report {
 /// Whether the path carries the inner ClientHello sent right behind the
 /// upgrade request (`--early-hello`), tried with the framing that worked. A
 /// hop that drops those bytes leaves the handshake waiting, so the wait is
-/// bounded by four times what the inner TLS just took after the 101 (at
-/// least a second, at most the TLS deadline). Not carried is a finding, not a
+/// bounded by four times what the step above took to open a whole tunnel
+/// the usual way (at least a second, at most the TLS deadline). Not carried is a finding, not a
 /// failure: tunnels work without it.
 async fn early_hello_step(report: &mut Report, client: &Client, framing: Framing) {
     let usual = report.steps.last().map_or(0.0, |s| s.millis);
