@@ -12,7 +12,8 @@ const WITHOUT: &str = "Envoy without the filter";
 const WITH: &str = "Envoy with the filter";
 
 /// wrk against `envoy/behind-l7.yaml` as shipped, and with its `http_filters`
-/// entry for the filter cut out; the two take turns, the median of three each.
+/// entry for the filter cut out; the two take turns (each goes first in half
+/// the rounds), the median of four each.
 /// Two scenarios: requests/s (the target), and Envoy's own CPU time per
 /// request, which does not depend on how much of the machine Envoy got.
 pub fn overhead(settings: &Settings, backend: &Backend) -> anyhow::Result<[Scenario; 2]> {
@@ -36,8 +37,11 @@ pub fn overhead(settings: &Settings, backend: &Backend) -> anyhow::Result<[Scena
         (WITH, Envoy::start(&with)),
     ];
     let mut runs: [Vec<(measure::Wrk, f64)>; 2] = [Vec::new(), Vec::new()];
-    for _ in 0..settings.size(3, 1) {
-        for (i, (name, envoy)) in envoys.iter().enumerate() {
+    // Four rounds, the order swapped every other round, so that neither Envoy
+    // always runs first (it did: the one without the filter, in every round).
+    for round in 0..settings.size(4, 1) {
+        for i in crate::turns(envoys.len(), round, &[0]) {
+            let (name, envoy) = &envoys[i];
             eprintln!("measuring {name} ...");
             let url = format!("http://{}/index.html", envoy.listener("web"));
             let before = measure::tree_cpu_secs(envoy.pid());
@@ -54,7 +58,7 @@ pub fn overhead(settings: &Settings, backend: &Backend) -> anyhow::Result<[Scena
     let cpu = |i| median_of(i, |(_, us)| *us);
     let setup = "wrk -t2 -c32 -d10s (plain HTTP/1.1 keep-alive) against envoy/behind-l7.yaml in front of the \
                  backend's HTTP port, as shipped and with the filter's http_filters entry cut out; both Envoys \
-                 run at once and take turns, the median of three runs each.";
+                 run at once and take turns (each first in every other round), the median of four runs each.";
     Ok([
         Scenario {
             id: "filter-overhead",
