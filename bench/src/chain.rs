@@ -34,6 +34,11 @@ const POOLED: &str = "tunnel via nginx + Envoy, websocket, pre-opened (--pool 4)
 /// the upgrade request.
 const EARLY: &str =
     "tunnel via nginx + Envoy, websocket, ClientHello behind the request (--early-hello)";
+/// The same from a pool whose route takes TLS 1.3 early data.
+const POOLED_0RTT: &str =
+    "tunnel via nginx + Envoy, websocket, pre-opened (--pool 4), route with early_data (0-RTT)";
+/// The echo route with `early_data` on the current router.
+const ZERO_RTT_ALPN: &str = "echo-0rtt";
 /// The pool's size in the latency scenario.
 const POOL: usize = 4;
 
@@ -56,14 +61,27 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Starts the router (routes `echo` and `source`), Envoy with the filter in
+    /// Starts the router (routes `echo` and `source`, and `echo-0rtt`, the
+    /// echo with `early_data`, if `early_data`), Envoy with the filter in
     /// front of it and of the backend's HTTP port, and nginx in front of Envoy.
-    pub fn start(backend: &Backend, router_bin: &std::path::Path) -> Chain {
-        let router = RouterProcess::start(
+    pub fn start(backend: &Backend, router_bin: &std::path::Path, early_data: bool) -> Chain {
+        let mut routes = format!(
+            "\n[[route]]\nalpn = \"echo\"\nbackend = \"{e}\"\n\
+             \n[[route]]\nalpn = \"source\"\nbackend = \"{s}\"\n",
+            e = backend.echo,
+            s = backend.source
+        );
+        if early_data {
+            routes += &format!(
+                "\n[[route]]\nalpn = \"{ZERO_RTT_ALPN}\"\nbackend = \"{}\"\nearly_data = true\n",
+                backend.echo
+            );
+        }
+        let router = RouterProcess::start_with_routes(
             router_bin,
             "[upgrade]\nlisten = \"127.0.0.1:0\"\ntrusted_peers = [\"127.0.0.1/32\"]\n\n\
              [direct]\nlisten = \"127.0.0.1:0\"\n",
-            &[("echo", backend.echo), ("source", backend.source)],
+            &routes,
         );
         let envoy = Envoy::start(
             &Bootstrap::shipped("behind-l7.yaml")
@@ -165,11 +183,12 @@ impl Chains {
     /// the baseline router if `settings` has one.
     pub fn start(backend: &Backend, settings: &Settings) -> Chains {
         Chains {
-            current: Chain::start(backend, &settings.router_bin),
+            current: Chain::start(backend, &settings.router_bin, true),
+            // A baseline router may predate `early_data`.
             baseline: settings
                 .baseline
                 .as_ref()
-                .map(|b| (b.clone(), Chain::start(backend, &b.router_bin))),
+                .map(|b| (b.clone(), Chain::start(backend, &b.router_bin, false))),
             backend_pid: backend.pid(),
         }
     }
@@ -346,6 +365,42 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
     Ok([throughput, cpu])
 }
 
+/// One sample from `pool`, taken once it is full again (the steady state of
+/// a forward whose connections come less often than a refill takes): a
+/// pre-opened tunnel's inner TLS and one byte echoed, in ms.
+async fn pooled_sample(pool: &Pool) -> anyhow::Result<f64> {
+    let waited = Instant::now();
+    while pool.ready() < POOL {
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(30),
+            "the pool did not refill within 30 s ({} of {POOL} ready)",
+            pool.ready()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let started = Instant::now();
+    // As `alpn-tunnel forward` passes the local application's first
+    // bytes: sent as early data where the route takes it.
+    let sent = std::sync::atomic::AtomicBool::new(false);
+    let first = async {
+        sent.store(true, std::sync::atomic::Ordering::Relaxed);
+        b"x".to_vec()
+    };
+    let (mut s, _, source) = pool.connect(first).await.map_err(io::Error::other)?;
+    if !sent.load(std::sync::atomic::Ordering::Relaxed) {
+        s.write_all(b"x").await?;
+    }
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).await?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    close(s).await;
+    anyhow::ensure!(
+        matches!(source, Source::Pooled { .. }),
+        "a pooled sample did not get a pre-opened tunnel"
+    );
+    Ok(ms)
+}
+
 /// Scenario 3: time from connect to the first echoed byte (tunnels) or to the
 /// whole answer (one HTTPS request), p50 and p99, as two scenarios.
 pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Scenario; 2]> {
@@ -353,46 +408,28 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
     let (subjects, paired) = chains.subjects("echo");
     let chain = &chains.current;
     let mut times = vec![Vec::with_capacity(samples); subjects.len()];
-    // The pooled subject: `alpn-tunnel forward --pool` as a library.
-    let pooled_client = std::sync::Arc::new(
-        chain.client("echo", Path::Upgrade(Framing::WebSocket(Subprotocol::Alpn))),
-    );
+    // The pooled subjects: `alpn-tunnel forward --pool` as a library, on the
+    // echo route and on the same with early data.
+    let websocket = Path::Upgrade(Framing::WebSocket(Subprotocol::Alpn));
     let pool_tasks = tokio_util::task::TaskTracker::new();
     let stop = tokio_util::sync::CancellationToken::new();
-    let pool = Pool::start(pooled_client, POOL, &pool_tasks, stop.clone());
-    let mut pooled_times = Vec::with_capacity(samples);
-    let websocket = Path::Upgrade(Framing::WebSocket(Subprotocol::Alpn));
+    let mut pools = [("echo", POOLED), (ZERO_RTT_ALPN, POOLED_0RTT)].map(|(alpn, name)| {
+        let client = std::sync::Arc::new(chain.client(alpn, websocket));
+        let pool = Pool::start(client, POOL, &pool_tasks, stop.clone());
+        (name, pool, Vec::with_capacity(samples))
+    });
     let early_client = chain.client_with("echo", websocket, true);
     let mut early_times = Vec::with_capacity(samples);
     // One warm-up round (session caches, Envoy's upstream pools), then samples
     // taken in turns.
     for round in 0..=samples {
-        // The pooled sample first in its round, once the pool is full again
-        // (the steady state of a forward whose connections come less often
-        // than a refill takes).
-        let waited = Instant::now();
-        while pool.ready() < POOL {
-            anyhow::ensure!(
-                waited.elapsed() < Duration::from_secs(30),
-                "the pool did not refill within 30 s ({} of {POOL} ready)",
-                pool.ready()
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        for (_, pool, pooled_times) in &mut pools {
+            let ms = pooled_sample(pool).await?;
+            if round > 0 {
+                pooled_times.push(ms);
+            }
         }
-        let started = Instant::now();
-        let (mut s, _, source) = pool.connect().await.map_err(io::Error::other)?;
-        s.write_all(b"x").await?;
         let mut one = [0u8; 1];
-        s.read_exact(&mut one).await?;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        close(s).await;
-        anyhow::ensure!(
-            matches!(source, Source::Pooled { .. }),
-            "a pooled sample did not get a pre-opened tunnel"
-        );
-        if round > 0 {
-            pooled_times.push(ms);
-        }
         // A fresh tunnel with the early hello, next to the pooled one.
         let started = Instant::now();
         let mut s = tunnel(&early_client, websocket).await?;
@@ -451,13 +488,15 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
             .zip(&times)
             .map(|((name, _), t)| Row::new(name, percentile(t, p)))
             .collect();
-        rows.push(Row::new(POOLED, percentile(&pooled_times, p)));
+        for (name, _, pooled_times) in &pools {
+            rows.push(Row::new(name, percentile(pooled_times, p)));
+        }
         rows.push(Row::new(EARLY, percentile(&early_times, p)));
         rows
     };
     // The median with the pool; the 99th percentile is reported.
     let target = Target::new(
-        &[POOLED],
+        &[POOLED_0RTT],
         1.0,
         "at most 1.0x one HTTPS request, with the pool",
     );

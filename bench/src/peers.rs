@@ -184,6 +184,15 @@ impl RouterProcess {
     /// Starts `router_bin` with the TOML `listeners` (which must name a direct
     /// listener), no connection cap to speak of, and one route per `(alpn, backend)`.
     pub fn start(router_bin: &Path, listeners: &str, routes: &[(&str, SocketAddr)]) -> Self {
+        let routes: String = routes
+            .iter()
+            .map(|(alpn, backend)| format!("\n[[route]]\nalpn = \"{alpn}\"\nbackend = \"{backend}\"\n"))
+            .collect();
+        Self::start_with_routes(router_bin, listeners, &routes)
+    }
+
+    /// [`RouterProcess::start`] with the routes' TOML as given.
+    pub fn start_with_routes(router_bin: &Path, listeners: &str, routes: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let cert = ServerCert::generate(dir.path());
         let mut config = format!(
@@ -191,9 +200,7 @@ impl RouterProcess {
             cert.pem.display(),
             cert.key.display()
         );
-        for (alpn, backend) in routes {
-            config += &format!("\n[[route]]\nalpn = \"{alpn}\"\nbackend = \"{backend}\"\n");
-        }
+        config += routes;
         let file: PathBuf = dir.path().join("router.toml");
         fs::write(&file, config).unwrap();
         let mut process = Logged::spawn(

@@ -130,7 +130,7 @@ async fn carry(
     let started = Instant::now();
     let opened = tokio::select! {
         () = shutdown.cancelled() => return info!("{alpn}: {peer}: stopped before the tunnel was open"),
-        opened = open(&client, pool.as_deref(), peer) => opened,
+        opened = open(&client, pool.as_deref(), peer, &local) => opened,
     };
     let (mut tunnel, path) = match opened {
         Ok(x) => x,
@@ -167,12 +167,14 @@ async fn open(
     client: &Client,
     pool: Option<&Pool>,
     peer: SocketAddr,
+    local: &TcpStream,
 ) -> Result<(Box<dyn Io>, Path), ClientError> {
     let alpn = &client.alpn;
     let Some(pool) = pool else {
         return client.connect().await;
     };
-    let (stream, path, source) = pool.connect().await?;
+    let first = crate::early_data::first_bytes(local);
+    let (stream, path, source) = pool.connect(first).await?;
     let (ready, size) = (pool.ready(), pool.size());
     match source {
         Source::Pooled { age } => info!(

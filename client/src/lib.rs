@@ -21,6 +21,7 @@ pub mod cache;
 mod closing;
 pub mod config_file;
 mod detect;
+pub mod early_data;
 mod early_hello;
 mod forward;
 pub mod handshake;
@@ -515,6 +516,9 @@ fn roots(
 /// The TLS configurations a connection needs, built once per [`Client`].
 struct Configs {
     inner: Arc<ClientConfig>,
+    /// `inner` with TLS 1.3 early data enabled, for pre-opened tunnels; it
+    /// shares `inner`'s session cache.
+    early: Arc<ClientConfig>,
     /// Only for `https://` servers.
     outer: Option<Arc<ClientConfig>>,
 }
@@ -557,11 +561,17 @@ impl Client {
             }
             false => None,
         };
+        let mut early = (*inner).clone();
+        early.enable_early_data = true;
         Ok(Client {
             server,
             alpn: alpn.to_string(),
             options,
-            configs: Configs { inner, outer },
+            configs: Configs {
+                inner,
+                early: Arc::new(early),
+                outer,
+            },
             known: Mutex::new(None),
         })
     }
@@ -1082,6 +1092,44 @@ impl Client {
         let handshake = inner_tls(carrier, self.configs.inner.clone(), self.sni());
         self.checked_inner(handshake, path, "the inner TLS handshake")
             .await
+    }
+
+    /// [`Client::inner`] on a pre-opened tunnel: where the route took early
+    /// data before (its session allows it), what `first` yields (the local
+    /// application's first bytes: [`early_data::first_bytes`]) goes with the
+    /// ClientHello (TLS 1.3 0-RTT); `first` is not awaited otherwise.
+    ///
+    /// What `first` yielded is left in `taken` when it fails: the caller
+    /// sends it on the tunnel it opens instead.
+    pub(crate) async fn inner_early(
+        &self,
+        carrier: Carrier,
+        path: Path,
+        first: impl Future<Output = Vec<u8>>,
+        taken: &mut Vec<u8>,
+    ) -> Result<InnerTls, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let handshake = async {
+            let name = handshake::server_name(self.sni())?;
+            let mut possible = false;
+            let connect = tokio_rustls::TlsConnector::from(self.configs.early.clone())
+                .early_data(true)
+                .connect_with(name, carrier, |c| possible = c.early_data().is_some());
+            // With early data possible, this returns before anything is sent.
+            let mut tls = connect.await?;
+            if possible {
+                *taken = first.await;
+                tls.write_all(taken).await?;
+            }
+            // Sends the ClientHello (and the early data) and finishes the handshake.
+            tls.flush().await?;
+            Ok(tls)
+        };
+        let tls = self
+            .checked_inner(handshake, path, "the inner TLS handshake")
+            .await?;
+        taken.clear();
+        Ok(tls)
     }
 
     /// Runs the inner TLS `handshake` along `path` under its deadline (`step`

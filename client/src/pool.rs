@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use alpn_protocol::framing::{Ending, Finish, Framed, Framing, Io};
 use log::{debug, info, warn};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -125,15 +125,25 @@ impl Pool {
     /// when one is ready, else (or when that handshake fails, as when the
     /// router ended the tunnel just then) one opened as [`Client::connect`]
     /// does; with how it was opened.
-    pub async fn connect(&self) -> Result<(Box<dyn Io>, Path, Source), ClientError> {
+    ///
+    /// On a pre-opened tunnel whose route takes TLS 1.3 early data
+    /// ([`crate::early_data`]), `first` is awaited and what it yields (the
+    /// local application's first bytes) is sent with the ClientHello, or on
+    /// the tunnel opened instead; otherwise `first` is not awaited.
+    pub async fn connect(
+        &self,
+        first: impl std::future::Future<Output = Vec<u8>>,
+    ) -> Result<(Box<dyn Io>, Path, Source), ClientError> {
         let Some(carrier) = self.take().await else {
             let (stream, path) = self.client.connect().await?;
             return Ok((stream, path, Source::Opened));
         };
         let (path, age) = (carrier.path, carrier.opened.elapsed());
+        let mut taken = Vec::new();
+        let carrier = crate::closing::Carrier::Upgraded(carrier.framed);
         match self
             .client
-            .inner(crate::closing::Carrier::Upgraded(carrier.framed), path)
+            .inner_early(carrier, path, first, &mut taken)
             .await
         {
             Ok(tls) => Ok((Box::new(tls), path, Source::Pooled { age })),
@@ -142,7 +152,15 @@ impl Pool {
                     "{}: the inner TLS on a pre-opened tunnel via {path} failed ({e}): opening a new tunnel instead",
                     self.client.alpn
                 );
-                let (stream, path) = self.client.connect().await?;
+                let (mut stream, path) = self.client.connect().await?;
+                stream
+                    .write_all(&taken)
+                    .await
+                    .map_err(|error| ClientError::InnerTls {
+                        alpn: self.client.alpn.clone(),
+                        path,
+                        error,
+                    })?;
                 Ok((stream, path, Source::Opened))
             }
         }

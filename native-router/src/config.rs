@@ -130,6 +130,8 @@ struct RawRoute {
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
     backend_tls: Option<RawBackendTls>,
+    #[serde(default)]
+    early_data: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,6 +348,9 @@ pub struct Route {
     pub idle_timeout: Option<Duration>,
     /// TLS to the backend.
     pub backend_tls: Option<BackendTls>,
+    /// Take TLS 1.3 early data (0-RTT) from clients that resume, with
+    /// single-use sessions kept in memory instead of stateless tickets.
+    pub early_data: bool,
 }
 
 /// TLS from the router to a backend.
@@ -584,6 +589,7 @@ impl Config {
                 proxy_protocol: r.proxy_protocol,
                 idle_timeout: r.idle_timeout,
                 backend_tls,
+                early_data: r.early_data,
             });
         }
         Ok(Config {

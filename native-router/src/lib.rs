@@ -38,6 +38,7 @@ mod copy;
 mod cutoffs;
 mod descriptors;
 mod drain;
+mod early_data;
 mod metrics;
 mod preopen;
 mod proxy_protocol;

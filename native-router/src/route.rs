@@ -39,6 +39,7 @@ mod tests {
             proxy_protocol: false,
             idle_timeout: None,
             backend_tls: None,
+            early_data: false,
         }
     }
 

@@ -730,7 +730,7 @@ async fn serve_tls<S: Finish>(
     }
     note("alpn", &route.alpn);
     note("route", &label);
-    note("tls", if hs.resumed { "resumed" } else { "full" });
+    note("tls", hs.kind());
     router.metrics.connection(listener, conn.framing, &label);
     let started = Instant::now();
     let backend = match unless_closing!(

@@ -11,19 +11,24 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor, TlsConnector};
 
 use crate::config::{BackendTls, CertKey, Config, Route};
+use crate::early_data::{self, EarlyTls};
 use crate::route;
 
 /// The crypto provider (ring: builds with a C compiler alone).
@@ -238,12 +243,22 @@ fn server_config(
     };
     let mut config = builder.with_cert_resolver(certs);
     config.alpn_protocols = vec![route.alpn.as_bytes().to_vec()];
-    // Stateless session tickets, so that every client can resume (rustls's
-    // default keeps 256 sessions in memory, two per full handshake). A ticketer
-    // per route and per configuration load: a ticket resumes only on the route
-    // (and its client-certificate policy) that issued it, and not past a
-    // reload. No 0-RTT (`max_early_data_size` stays 0).
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    if route.early_data {
+        // 0-RTT (early_data.rs): sessions kept in memory, each resumed once,
+        // so that early data cannot be replayed; the answer to it goes out
+        // behind the server's flight. A store per route and per
+        // configuration load, as the ticketer below.
+        config.session_storage = ServerSessionMemoryCache::new(early_data::SESSIONS);
+        config.max_early_data_size = early_data::MAX_EARLY_DATA;
+        config.send_half_rtt_data = true;
+    } else {
+        // Stateless session tickets, so that every client can resume
+        // (rustls's default keeps 256 sessions in memory, two per full
+        // handshake). A ticketer per route and per configuration load: a
+        // ticket resumes only on the route (and its client-certificate
+        // policy) that issued it, and not past a reload. No 0-RTT.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    }
     Ok(Arc::new(config))
 }
 
@@ -256,6 +271,86 @@ pub(crate) struct Handshake {
     pub(crate) route: usize,
     /// Whether the client resumed an earlier session (a session ticket).
     pub(crate) resumed: bool,
+    /// Whether its early data (0-RTT) was accepted.
+    pub(crate) early_data: bool,
+}
+
+impl Handshake {
+    /// The kind of handshake, as the log says it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match (self.resumed, self.early_data) {
+            (true, true) => "resumed-0rtt",
+            (true, false) => "resumed",
+            (false, _) => "full",
+        }
+    }
+}
+
+/// The inner TLS stream: tokio-rustls's, or, on a route that takes early
+/// data, one that may start before the client's `Finished`.
+pub(crate) enum Inner<S> {
+    /// The handshake is complete.
+    Done(TlsStream<S>),
+    /// A route with `early_data`.
+    Early(EarlyTls<S>),
+}
+
+macro_rules! inner {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Inner::Done($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Inner::Early($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+        }
+    };
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Inner<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        inner!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Inner<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        inner!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        inner!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Inner::Done(s) => s.is_write_vectored(),
+            Inner::Early(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        inner!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        inner!(self, s => s.poll_shutdown(cx))
+    }
 }
 
 /// Why the inner handshake failed.
@@ -308,7 +403,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
     tls: &InnerTls,
     routes: &[Route],
-) -> Result<(TlsStream<S>, Handshake), HandshakeError> {
+) -> Result<(Inner<S>, Handshake), HandshakeError> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
         .await
         .map_err(HandshakeError::Hello)?;
@@ -327,22 +422,41 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = io.shutdown().await;
         return Err(HandshakeError::NoRoute { offered, sni });
     };
-    let stream = start
-        .into_stream(tls.per_route[index].clone())
-        .await
-        .map_err(|error| HandshakeError::Handshake {
-            route: routes[index].alpn.clone(),
-            error,
-        })?;
-    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    Ok((
-        stream,
-        Handshake {
+    let config = tls.per_route[index].clone();
+    let failed = |error| HandshakeError::Handshake {
+        route: routes[index].alpn.clone(),
+        error,
+    };
+    if !routes[index].early_data {
+        let stream = start.into_stream(config).await.map_err(failed)?;
+        let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let hs = Handshake {
             sni,
             route: index,
             resumed,
-        },
-    ))
+            early_data: false,
+        };
+        return Ok((Inner::Done(stream), hs));
+    }
+    let mut io = start.io;
+    let conn = match start.accepted.into_connection(config) {
+        Ok(conn) => conn,
+        Err((error, mut alert)) => {
+            let mut out = Vec::new();
+            let _ = alert.write_all(&mut out);
+            let _ = io.write_all(&out).await;
+            return Err(failed(io::Error::new(io::ErrorKind::InvalidData, error)));
+        }
+    };
+    let mut stream = EarlyTls::start(io, conn).await.map_err(failed)?;
+    let resumed = stream.connection().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let hs = Handshake {
+        sni,
+        route: index,
+        resumed,
+        early_data: stream.early_data_accepted(),
+    };
+    Ok((Inner::Early(stream), hs))
 }
 
 /// A TLS client configuration trusting `cas`, offering `alpn` (may be empty),

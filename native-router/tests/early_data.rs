@@ -1,0 +1,261 @@
+//! TLS 1.3 early data (0-RTT) on a route with `early_data = true`: a
+//! resuming client's first bytes reach the backend with its ClientHello and
+//! the answer comes back before the client has sent its `Finished` (one round
+//! trip); the tunnel then goes on as any other; the same ClientHello sent
+//! again (a replay) resumes nothing and delivers nothing; a route without the
+//! key issues no session that allows early data; `alpn-tunnel`'s pool sends a
+//! local application's first bytes as early data.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alpn_tunnel::tls::client_config;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+use support::{backend, config, InProcessRouter, Pki, DEADLINE};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Records each chunk it reads, then echoes it.
+fn recording_echo(mut conn: TcpStream, seen: &Mutex<Vec<Vec<u8>>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        seen.lock().unwrap().push(buf[..n].to_vec());
+        if conn.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+}
+
+fn route(backend: std::net::SocketAddr, early_data: bool) -> String {
+    config(&format!(
+        "[[route]]\nalpn = \"echo\"\nbackend = \"{backend}\"\nearly_data = {early_data}\n"
+    ))
+}
+
+/// A client configuration for route `echo` with early data enabled.
+fn early_client(pki: &Pki) -> Arc<ClientConfig> {
+    let mut config =
+        (*client_config(std::slice::from_ref(&pki.server_ca), &["echo"], None).unwrap()).clone();
+    config.enable_early_data = true;
+    Arc::new(config)
+}
+
+/// A whole handshake and one echo with `config` (so that its session tickets
+/// have arrived); whether it resumed.
+fn full_exchange(router: &InProcessRouter, config: &Arc<ClientConfig>) -> bool {
+    let mut tcp = connect(router);
+    let mut conn = ClientConnection::new(config.clone(), name()).unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    tls.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello");
+    // The tickets come after the handshake; one more round trip sees them in.
+    tls.write_all(b"again").unwrap();
+    tls.read_exact(&mut back).unwrap();
+    conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+}
+
+/// Tunnels opened with early data, by the router's log.
+fn zero_rtt_tunnels(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("tls=resumed-0rtt") && l.contains("tunnel open"))
+        .count()
+}
+
+fn name() -> ServerName<'static> {
+    ServerName::try_from("router.test").unwrap()
+}
+
+fn connect(router: &InProcessRouter) -> TcpStream {
+    let tcp = TcpStream::connect(router.direct).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp
+}
+
+/// Reads from `tcp` into `conn` without ever writing, until `conn` has
+/// `want` bytes of application data (or the deadline passes).
+fn read_without_answering(
+    conn: &mut ClientConnection,
+    tcp: &mut TcpStream,
+    want: usize,
+) -> Vec<u8> {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < want {
+        assert!(started.elapsed() < DEADLINE, "got only {got:?}");
+        let n = conn.read_tls(tcp).unwrap();
+        assert!(n > 0, "the router closed the connection; got {got:?}");
+        conn.process_new_packets().unwrap();
+        let mut buf = [0u8; 256];
+        match conn.reader().read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_data_is_answered_before_the_clients_finished_and_cannot_be_replayed() {
+    let pki = Pki::new();
+    let echo = backend(recording_echo);
+    let router = InProcessRouter::start(pki.dir.path(), &route(echo.addr, true));
+    let client = early_client(&pki);
+    tokio::task::spawn_blocking(move || {
+        assert!(
+            !full_exchange(&router, &client),
+            "the first handshake is a full one"
+        );
+
+        // Resuming: the first bytes go with the ClientHello, in one write.
+        let mut tcp = connect(&router);
+        let mut conn = ClientConnection::new(client.clone(), name()).unwrap();
+        conn.early_data()
+            .expect("the route's session allows early data")
+            .write_all(b"ping early")
+            .unwrap();
+        let mut hello = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut hello).unwrap();
+        }
+        tcp.write_all(&hello).unwrap();
+        // The echo arrives although this client has sent nothing since: the
+        // router answered before the client's Finished (0.5-RTT data).
+        let got = read_without_answering(&mut conn, &mut tcp, 10);
+        assert_eq!(got, b"ping early");
+        assert!(conn.is_early_data_accepted());
+        assert_eq!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        // Then the handshake completes and the tunnel goes on as usual.
+        let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+        tls.write_all(b"after the handshake").unwrap();
+        let mut back = [0u8; 19];
+        tls.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"after the handshake");
+        conn.send_close_notify();
+        conn.write_tls(&mut tcp).unwrap();
+        router.wait_for("tls=resumed-0rtt");
+
+        // A replay of that ClientHello and its early data: the session was
+        // taken, so the router offers a full handshake (which the replay
+        // cannot finish) and the early data is never read.
+        let mut replay = connect(&router);
+        replay.write_all(&hello).unwrap();
+        let mut answer = [0u8; 4096];
+        let n = replay.read(&mut answer).unwrap();
+        assert!(n > 0, "the router answers the replayed ClientHello");
+        drop(replay);
+        router.wait_for("inner TLS: handshake failed");
+        let log = router.log();
+        let early = echo
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.windows(10).any(|w| w == b"ping early"))
+            .count();
+        assert_eq!(
+            early, 1,
+            "the early data reached the backend once, not again from the replay\n{log}"
+        );
+        assert_eq!(
+            zero_rtt_tunnels(&log),
+            1,
+            "only the first connection resumed\n{log}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_early_data_issues_no_session_that_allows_it() {
+    let pki = Pki::new();
+    let echo = backend(recording_echo);
+    let router = InProcessRouter::start(pki.dir.path(), &route(echo.addr, false));
+    let client = early_client(&pki);
+    tokio::task::spawn_blocking(move || {
+        assert!(!full_exchange(&router, &client));
+        let mut conn = ClientConnection::new(client.clone(), name()).unwrap();
+        assert!(
+            conn.early_data().is_none(),
+            "a session from a route without early_data allows none"
+        );
+        assert!(full_exchange(&router, &client), "it resumes all the same");
+        router.wait_for("tls=resumed");
+        assert!(!router.log().contains("resumed-0rtt"));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_tunnel_sends_the_applications_first_bytes_as_early_data() {
+    use alpn_protocol::framing::{Framing, Subprotocol};
+    use alpn_tunnel::pool::{Pool, Source};
+    use alpn_tunnel::{Client, Options, ServerUrl, UpgradeMode};
+    let pki = Pki::new();
+    let echo = backend(recording_echo);
+    let router = InProcessRouter::start(pki.dir.path(), &route(echo.addr, true));
+    let client = Client::new(
+        ServerUrl::parse(&format!("http://{}", router.upgrade)).unwrap(),
+        "echo",
+        Options {
+            sni: Some("router.test".into()),
+            ca: Some(vec![pki.server_ca.clone()]),
+            upgrade: UpgradeMode::Framing(Framing::WebSocket(Subprotocol::Alpn)),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pool = Pool::start(Arc::new(client), 1, &tasks, stop.clone());
+    let mut kinds = Vec::new();
+    for i in 0..3 {
+        let waited = Instant::now();
+        while pool.ready() < 1 {
+            assert!(waited.elapsed() < DEADLINE, "the pool did not refill");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let asked = std::sync::atomic::AtomicBool::new(false);
+        let first = async {
+            asked.store(true, std::sync::atomic::Ordering::Relaxed);
+            format!("first {i}").into_bytes()
+        };
+        let (mut s, _, source) = pool.connect(first).await.unwrap();
+        assert!(matches!(source, Source::Pooled { .. }));
+        if !asked.load(std::sync::atomic::Ordering::Relaxed) {
+            s.write_all(format!("first {i}").as_bytes()).await.unwrap();
+        }
+        let mut back = [0u8; 7];
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, format!("first {i}").as_bytes());
+        kinds.push(asked.load(std::sync::atomic::Ordering::Relaxed));
+        s.shutdown().await.unwrap();
+    }
+    // The first tunnel has no session; the later ones resume with early data.
+    assert_eq!(kinds, [false, true, true]);
+    router.wait_for("tls=resumed-0rtt");
+    let started = Instant::now();
+    while zero_rtt_tunnels(&router.log()) < 2 && started.elapsed() < DEADLINE {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let log = router.log();
+    assert_eq!(zero_rtt_tunnels(&log), 2, "{log}");
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+}
