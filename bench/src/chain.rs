@@ -368,9 +368,9 @@ pub async fn throughput(settings: &Settings, chains: &Chains) -> anyhow::Result<
 /// One sample from `pool`, taken once it is full again (the steady state of
 /// a forward whose connections come less often than a refill takes): a
 /// pre-opened tunnel's inner TLS and one byte echoed, in ms.
-async fn pooled_sample(pool: &Pool) -> anyhow::Result<f64> {
+async fn pooled_sample(pool: &Pool, pools: &[&Pool]) -> anyhow::Result<f64> {
     let waited = Instant::now();
-    while pool.ready() < POOL {
+    while pools.iter().any(|p| p.ready() < POOL) {
         anyhow::ensure!(
             waited.elapsed() < Duration::from_secs(30),
             "the pool did not refill within 30 s ({} of {POOL} ready)",
@@ -393,7 +393,12 @@ async fn pooled_sample(pool: &Pool) -> anyhow::Result<f64> {
     let mut one = [0u8; 1];
     s.read_exact(&mut one).await?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    close(s).await;
+    // As `alpn-tunnel forward` ends a tunnel (its copy reads on to the
+    // router's end), so that the session tickets that follow the answer of
+    // a 0-RTT handshake are taken in.
+    let _ = s.shutdown().await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     anyhow::ensure!(
         matches!(source, Source::Pooled { .. }),
         "a pooled sample did not get a pre-opened tunnel"
@@ -423,8 +428,13 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
     // One warm-up round (session caches, Envoy's upstream pools), then samples
     // taken in turns.
     for round in 0..=samples {
-        for (_, pool, pooled_times) in &mut pools {
-            let ms = pooled_sample(pool).await?;
+        let all: Vec<&Pool> = pools.iter().map(|(_, p, _)| &**p).collect();
+        let mut taken = Vec::new();
+        for (_, pool, _) in &pools {
+            taken.push(pooled_sample(pool, &all).await?);
+        }
+        drop(all);
+        for ((_, _, pooled_times), ms) in pools.iter_mut().zip(taken) {
             if round > 0 {
                 pooled_times.push(ms);
             }
@@ -475,9 +485,12 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
              TLS 1.3 handshake, then one byte echoed by the backend; the HTTPS sample is a new TLS connection to \
              nginx and one `GET /` answered by the backend through Envoy. Clients keep their TLS session caches \
              between samples, as `alpn-tunnel` and browsers do, so resumption applies alike. The pre-opened \
-             sample takes a websocket tunnel already through nginx and Envoy and upgraded from a pool of \
-             {POOL} (`alpn-tunnel forward --pool`, waiting until the pool is full before each sample), then \
-             runs the inner TLS 1.3 handshake and echoes one byte. The early-hello sample is a fresh websocket \
+             samples take a websocket tunnel already through nginx and Envoy and upgraded from a pool of \
+             {POOL} (`alpn-tunnel forward --pool`, waiting until both pools are full before each sample), then \
+             run the inner TLS 1.3 handshake and echo one byte; on the route with `early_data` the byte goes \
+             with the resumed ClientHello (0-RTT) and its echo comes back behind the router's handshake \
+             messages. Pooled tunnels end as `alpn-tunnel forward` ends them (reading on to the router's \
+             end, so the session tickets that follow a 0-RTT answer are taken in). The early-hello sample is a fresh websocket \
              tunnel whose inner ClientHello goes out in the same write as the upgrade request \
              (`alpn-tunnel --early-hello`), so the router has it as soon as it switches. {p}"
         )

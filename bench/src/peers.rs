@@ -186,7 +186,9 @@ impl RouterProcess {
     pub fn start(router_bin: &Path, listeners: &str, routes: &[(&str, SocketAddr)]) -> Self {
         let routes: String = routes
             .iter()
-            .map(|(alpn, backend)| format!("\n[[route]]\nalpn = \"{alpn}\"\nbackend = \"{backend}\"\n"))
+            .map(|(alpn, backend)| {
+                format!("\n[[route]]\nalpn = \"{alpn}\"\nbackend = \"{backend}\"\n")
+            })
             .collect();
         Self::start_with_routes(router_bin, listeners, &routes)
     }

@@ -121,7 +121,7 @@ async fn every_scenario_runs_and_reports() {
         "| Router data path, direct TLS, one tunnel | at least 1.05x the best peer | alpn-router |",
         "| WebSocket upload (client to router, masked) against download, one tunnel | at least 0.9x the download figure | websocket, upload (client to router, masked) |",
         "| Full chain: download through nginx (as the ALB), Envoy + filter, router | at least 0.95x plain HTTPS through the same chain | tunnel via nginx + Envoy, websocket |",
-        "| Tunnel set-up latency, median | at most 1.0x one HTTPS request, with the pool | tunnel via nginx + Envoy, websocket, pre-opened (--pool 4) |",
+        "| Tunnel set-up latency, median | at most 1.0x one HTTPS request, with the pool | tunnel via nginx + Envoy, websocket, pre-opened (--pool 4), route with early_data (0-RTT) |",
         "| Filter overhead on ordinary (non-upgrade) requests | within 2% of Envoy without the filter | Envoy with the filter |",
         "| alpn-router, 16 tunnels |",
         "| Full TLS 1.3 handshakes per second | at least 1.1x the best peer | alpn-router |",

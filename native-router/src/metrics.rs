@@ -50,6 +50,13 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// A listener and the kind of an inner TLS handshake.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: &'static str,
+    kind: &'static str,
+}
+
 /// A route.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -84,6 +91,7 @@ pub(crate) struct Metrics {
     registry: Registry,
     connections: Family<ConnectionLabels, Counter>,
     refusals: Family<StatusLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
     backend_failures: Family<RouteLabels, Counter>,
     turned_away: Family<ReasonLabels, Counter>,
@@ -114,6 +122,7 @@ impl Default for Metrics {
             registry: Registry::default(),
             connections: Family::default(),
             refusals: Family::default(),
+            handshakes: Family::default(),
             handshake_failures: Family::default(),
             backend_failures: Family::default(),
             turned_away: Family::default(),
@@ -135,6 +144,11 @@ impl Default for Metrics {
             "alpn_router_upgrade_refusals",
             "Upgrade requests refused, by status",
             m.refusals.clone(),
+        );
+        r.register(
+            "alpn_router_inner_handshakes",
+            "Inner TLS handshakes that succeeded, by listener and kind (full, resumed, resumed_0rtt: resumed with early data)",
+            m.handshakes.clone(),
         );
         r.register(
             "alpn_router_handshake_failures",
@@ -206,6 +220,13 @@ impl Metrics {
     /// An upgrade refused with `status`.
     pub(crate) fn refusal(&self, status: u16) {
         self.refusals.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    /// An inner TLS handshake of `kind` that succeeded.
+    pub(crate) fn handshake(&self, listener: &'static str, kind: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels { listener, kind })
+            .inc();
     }
 
     /// An inner TLS handshake that failed for `reason`.

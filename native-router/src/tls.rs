@@ -284,6 +284,15 @@ impl Handshake {
             (false, _) => "full",
         }
     }
+
+    /// The kind of handshake, as the metric labels it.
+    pub(crate) fn metric_kind(&self) -> &'static str {
+        match (self.resumed, self.early_data) {
+            (true, true) => "resumed_0rtt",
+            (true, false) => "resumed",
+            (false, _) => "full",
+        }
+    }
 }
 
 /// The inner TLS stream: tokio-rustls's, or, on a route that takes early

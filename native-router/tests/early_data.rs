@@ -255,6 +255,13 @@ async fn a_pooled_tunnel_sends_the_applications_first_bytes_as_early_data() {
     }
     let log = router.log();
     assert_eq!(zero_rtt_tunnels(&log), 2, "{log}");
+    let metrics = router.get("/metrics");
+    for (kind, n) in [("full", 1), ("resumed_0rtt", 2)] {
+        let line = format!(
+            "alpn_router_inner_handshakes_total{{listener=\"upgrade\",kind=\"{kind}\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
     stop.cancel();
     tasks.close();
     tasks.wait().await;
