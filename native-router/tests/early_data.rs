@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use alpn_tunnel::tls::client_config;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
-use support::{backend, config, InProcessRouter, Pki, DEADLINE};
+use support::{backend, config, InProcessRouter, Logged, Pki, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Records each chunk it reads, then echoes it.
@@ -81,6 +81,17 @@ fn connect(router: &InProcessRouter) -> TcpStream {
     tcp
 }
 
+/// Sends what `conn` has to send (the ClientHello and early data) in one
+/// write, and returns it.
+fn send_hello(conn: &mut ClientConnection, tcp: &mut TcpStream) -> Vec<u8> {
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    tcp.write_all(&hello).unwrap();
+    hello
+}
+
 /// Reads from `tcp` into `conn` without ever writing, until `conn` has
 /// `want` bytes of application data (or the deadline passes).
 fn read_without_answering(
@@ -124,11 +135,7 @@ async fn early_data_is_answered_before_the_clients_finished_and_cannot_be_replay
             .expect("the route's session allows early data")
             .write_all(b"ping early")
             .unwrap();
-        let mut hello = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut hello).unwrap();
-        }
-        tcp.write_all(&hello).unwrap();
+        let hello = send_hello(&mut conn, &mut tcp);
         // The echo arrives although this client has sent nothing since: the
         // router answered before the client's Finished (0.5-RTT data).
         let got = read_without_answering(&mut conn, &mut tcp, 10);
@@ -265,4 +272,181 @@ async fn a_pooled_tunnel_sends_the_applications_first_bytes_as_early_data() {
     stop.cancel();
     tasks.close();
     tasks.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_route_with_early_data_still_requires_the_certificate() {
+    use alpn_tunnel::handshake::inner_tls;
+    let pki = Pki::new();
+    let echo = backend(recording_echo);
+    let routes = format!(
+        "[[route]]\nalpn = \"echo\"\nbackend = \"{}\"\nclient_ca = \"clients-ca.pem\"\nearly_data = true\n",
+        echo.addr
+    );
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
+    let ca = std::slice::from_ref(&pki.server_ca);
+    // Without a certificate: the full handshake fails with certificate_required.
+    let tcp = tokio::net::TcpStream::connect(router.direct).await.unwrap();
+    let anonymous = client_config(ca, &["echo"], None).unwrap();
+    let refused = async {
+        let mut tls = inner_tls(tcp, anonymous, "router.test").await?;
+        tls.write_all(b"x").await?;
+        let mut one = [0u8; 1];
+        tls.read_exact(&mut one).await.map(|_| ())
+    };
+    let error = tokio::time::timeout(DEADLINE, refused)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(error.to_string().contains("CertificateRequired"), "{error}");
+    router.wait_for("peer sent no certificates");
+    let metrics = router.get("/metrics");
+    let missing = "alpn_router_handshake_failures_total{listener=\"direct\",reason=\"client_certificate_missing\"} 1";
+    assert!(metrics.contains(missing), "{metrics}");
+    assert!(
+        echo.seen.lock().unwrap().is_empty(),
+        "no byte reached the backend"
+    );
+    // With one: a full handshake, then resumed with early data, whose
+    // session keeps the client's identity.
+    let mut with_cert = (*client_config(ca, &["echo"], Some(&pki.client)).unwrap()).clone();
+    with_cert.enable_early_data = true;
+    let with_cert = Arc::new(with_cert);
+    let router2 = Arc::new(router);
+    let r = router2.clone();
+    tokio::task::spawn_blocking(move || {
+        assert!(!full_exchange(&r, &with_cert));
+        let mut tcp = connect(&r);
+        let mut conn = ClientConnection::new(with_cert.clone(), name()).unwrap();
+        conn.early_data()
+            .expect("the session allows early data")
+            .write_all(b"ping early")
+            .unwrap();
+        send_hello(&mut conn, &mut tcp);
+        assert_eq!(
+            read_without_answering(&mut conn, &mut tcp, 10),
+            b"ping early"
+        );
+        assert!(conn.is_early_data_accepted());
+    })
+    .await
+    .unwrap();
+    router2.wait_for("tls=resumed-0rtt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_that_began_with_early_data_carries_bulk_bytes_intact() {
+    let pki = Pki::new();
+    let echo = backend(support::echo);
+    let router = InProcessRouter::start(pki.dir.path(), &route(echo.addr, true));
+    let client = early_client(&pki);
+    let data = integration_tests::payload(8 << 20, 7);
+    let expected = {
+        use sha1::Digest;
+        sha1::Sha1::digest(&data).to_vec()
+    };
+    for round in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(router.direct).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client.clone()).early_data(true);
+        let mut tls = connector.connect(name(), tcp).await.unwrap();
+        // The first 16 bytes as early data where the session allows it.
+        tls.write_all(&data[..16]).await.unwrap();
+        tls.flush().await.unwrap();
+        let resumed = tls.get_ref().1.is_early_data_accepted();
+        assert_eq!(resumed, round == 1, "round {round}: early data accepted");
+        // The echo of the early bytes comes back first, then the rest.
+        let (total, hash) = support::echo_round_trip(Box::new(tls), &data[16..])
+            .await
+            .unwrap();
+        assert_eq!(total, data.len(), "round {round}");
+        assert_eq!(hash, expected, "round {round}: the bytes came back intact");
+    }
+    router.wait_for("tls=resumed-0rtt");
+}
+
+/// Says `hello\n` first (a server that speaks first), then echoes.
+fn banner_then_echo(mut conn: TcpStream, seen: &Mutex<Vec<Vec<u8>>>) {
+    if conn.write_all(b"hello\n").is_ok() {
+        recording_echo(conn, seen);
+    }
+}
+
+/// `alpn-tunnel forward --pool 1` for `alpn` to the router's upgrade
+/// listener, and its local address.
+fn pooled_forward(
+    pki: &Pki,
+    router: &InProcessRouter,
+    alpn: &str,
+) -> (Logged, std::net::SocketAddr) {
+    let mut command = integration_tests::tunnel_command();
+    command
+        .args(["forward", "--server", &format!("http://{}", router.upgrade)])
+        .args(["--alpn", &format!("{alpn}=127.0.0.1:0")])
+        .args(["--sni", "router.test", "--timeout", "5s"])
+        .args(["--upgrade", "websocket", "--pool", "1", "--ca"])
+        .arg(pki.path("router-ca.pem"));
+    let mut process = Logged::spawn(&mut command);
+    let local = process.address_on_line(&format!(" for {alpn} at "), "listening on ");
+    (process, local)
+}
+
+/// Waits until the router has opened `n` tunnels with early data.
+fn wait_zero_rtt(router: &InProcessRouter, n: usize, forward: &Logged) {
+    let started = Instant::now();
+    while zero_rtt_tunnels(&router.log()) < n {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "not {n} tunnels with early data\nrouter:\n{}\nforward:\n{}",
+            router.log(),
+            forward.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_tunnel_forward_pool_uses_early_data_for_clients_and_servers_that_speak_first() {
+    let pki = Pki::new();
+    let echo = backend(recording_echo);
+    let banner = backend(banner_then_echo);
+    let routes = format!(
+        "[[route]]\nalpn = \"echo\"\nbackend = \"{}\"\nearly_data = true\n\
+         [[route]]\nalpn = \"banner\"\nbackend = \"{}\"\nearly_data = true\n",
+        echo.addr, banner.addr
+    );
+    let router = InProcessRouter::start(pki.dir.path(), &config(&routes));
+    tokio::task::spawn_blocking(move || {
+        // A client that speaks first: its first bytes go with the ClientHello
+        // from the second connection on (the first one fetches a session).
+        let (forward, local) = pooled_forward(&pki, &router, "echo");
+        for i in 0..3u64 {
+            let data = integration_tests::payload(64 << 10, i);
+            let mut s = TcpStream::connect(local).unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            s.write_all(&data).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).unwrap();
+            assert!(back == data, "connection {i}: the echo differs");
+        }
+        wait_zero_rtt(&router, 2, &forward);
+        // A server that speaks first: the client sends nothing; the banner
+        // comes all the same, from the second connection on behind the
+        // router's handshake messages.
+        let (forward, local) = pooled_forward(&pki, &router, "banner");
+        for i in 0..3 {
+            let mut s = TcpStream::connect(local).unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut hello = [0u8; 6];
+            s.read_exact(&mut hello).unwrap();
+            assert_eq!(&hello, b"hello\n", "connection {i}");
+            s.write_all(b"bye").unwrap();
+            let mut bye = [0u8; 3];
+            s.read_exact(&mut bye).unwrap();
+            assert_eq!(&bye, b"bye");
+        }
+        wait_zero_rtt(&router, 4, &forward);
+    })
+    .await
+    .unwrap();
 }
