@@ -5,6 +5,7 @@
 //! Envoy, and tunnel set-up latency against one HTTPS request.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use alpn_protocol::framing::Io;
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 use crate::backend::Backend;
 use crate::measure::{self, median, percentile};
 use crate::peers::RouterProcess;
+use crate::relay::DelayRelay;
 use crate::report::{Row, Scenario, Target};
 use crate::{Baseline, Settings};
 
@@ -108,9 +110,15 @@ impl Chain {
     /// [`Chain::client`], sending the inner ClientHello behind the upgrade
     /// request if `early_hello`.
     fn client_with(&self, alpn: &str, path: Path, early_hello: bool) -> Client {
+        self.client_at(self.lb.addr, alpn, path, early_hello)
+    }
+
+    /// [`Chain::client_with`], reaching the load balancer at `lb` (a relay
+    /// in front of it).
+    fn client_at(&self, lb: SocketAddr, alpn: &str, path: Path, early_hello: bool) -> Client {
         let (server, upgrade) = match path {
             Path::Direct => (self.router.direct, UpgradeMode::Never),
-            Path::Upgrade(f) => (self.lb.addr, UpgradeMode::Framing(f)),
+            Path::Upgrade(f) => (lb, UpgradeMode::Framing(f)),
         };
         let options = Options {
             sni: Some("envoy.test".into()),
@@ -124,9 +132,12 @@ impl Chain {
         Client::new(url, alpn, options).expect("a tunnel client")
     }
 
-    /// A new TLS connection to the load balancer (HTTP/1.1).
-    async fn https(&self) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let tcp = TcpStream::connect(self.lb.addr).await?;
+    /// A new TLS connection to the load balancer at `lb` (HTTP/1.1).
+    async fn https_at(
+        &self,
+        lb: SocketAddr,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(lb).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from("envoy.test").unwrap();
         self.https.connect(name, tcp).await
@@ -135,7 +146,12 @@ impl Chain {
     /// One HTTPS GET of `path` on a new connection; reads the whole answer and
     /// returns the length of its body.
     async fn get(&self, path: &str) -> io::Result<u64> {
-        let mut s = self.https().await?;
+        self.get_at(self.lb.addr, path).await
+    }
+
+    /// [`Chain::get`] through the load balancer at `lb`.
+    async fn get_at(&self, lb: SocketAddr, path: &str) -> io::Result<u64> {
+        let mut s = self.https_at(lb).await?;
         s.write_all(
             format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
         )
@@ -535,4 +551,88 @@ pub async fn latency(settings: &Settings, chains: &Chains) -> anyhow::Result<[Sc
             rows: rows(99.0),
         },
     ])
+}
+
+/// The one-way delay between the client and the load balancer in
+/// [`latency_at_a_distance`]: 10 ms round trips, a client in the same region.
+const ONE_WAY: Duration = Duration::from_millis(5);
+
+/// Scenario 3 again with the client [`ONE_WAY`] away from the load balancer
+/// (a [`DelayRelay`] in front of nginx): the median set-up of one HTTPS
+/// request, a fresh websocket tunnel, and pre-opened ones with and without
+/// early data.
+pub async fn latency_at_a_distance(
+    settings: &Settings,
+    chains: &Chains,
+) -> anyhow::Result<Scenario> {
+    let samples = settings.size(100, 3);
+    let chain = &chains.current;
+    let relay = DelayRelay::start(chain.lb.addr, ONE_WAY).await?;
+    let websocket = Path::Upgrade(Framing::WebSocket(Subprotocol::Alpn));
+    let fresh = chain.client_at(relay.addr, "echo", websocket, false);
+    let pool_tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pools = [("echo", POOLED), (ZERO_RTT_ALPN, POOLED_0RTT)].map(|(alpn, name)| {
+        let client = std::sync::Arc::new(chain.client_at(relay.addr, alpn, websocket, false));
+        (name, Pool::start(client, POOL, &pool_tasks, stop.clone()))
+    });
+    let all: Vec<&Pool> = pools.iter().map(|(_, p)| &**p).collect();
+    let (mut https, mut tunnels) = (Vec::new(), Vec::new());
+    let mut pooled = [Vec::new(), Vec::new()];
+    for round in 0..=samples {
+        let started = Instant::now();
+        chain.get_at(relay.addr, "/").await?;
+        let ms_https = started.elapsed().as_secs_f64() * 1000.0;
+        let started = Instant::now();
+        let mut s = tunnel(&fresh, websocket).await?;
+        s.write_all(b"x").await?;
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await?;
+        let ms_tunnel = started.elapsed().as_secs_f64() * 1000.0;
+        close(s).await;
+        let mut ms_pooled = [0.0; 2];
+        for (i, (_, pool)) in pools.iter().enumerate() {
+            ms_pooled[i] = pooled_sample(pool, &all).await?;
+        }
+        if round > 0 {
+            https.push(ms_https);
+            tunnels.push(ms_tunnel);
+            for (times, ms) in pooled.iter_mut().zip(ms_pooled) {
+                times.push(ms);
+            }
+        }
+    }
+    drop(all);
+    stop.cancel();
+    pool_tasks.close();
+    pool_tasks.wait().await;
+    let mut rows = vec![
+        Row::new(HTTPS, percentile(&https, 50.0)),
+        Row::new(FRAMINGS[2].0, percentile(&tunnels, 50.0)),
+    ];
+    for ((name, _), times) in pools.iter().zip(&pooled) {
+        rows.push(Row::new(name, percentile(times, 50.0)));
+    }
+    Ok(Scenario {
+        id: "latency-distance-p50",
+        title: "Tunnel set-up latency with the client 10 ms (round trip) from the load balancer, median",
+        unit: "ms, p50",
+        higher_is_better: false,
+        baseline: HTTPS,
+        target: Some(Target::new(
+            &[POOLED_0RTT],
+            1.0,
+            "at most 1.0x one HTTPS request, with the pool",
+        )),
+        method: format!(
+            "The subjects of the set-up latency scenario, with a relay between the client and nginx that \
+             holds every byte {} ms each way (the bench's own, as loopback has no distance and `tc netem` \
+             is not available here). The relay does not delay the TCP handshake, which favours the \
+             subjects that open a connection (the HTTPS request and the fresh tunnel) by one round trip \
+             against a real network. {samples} samples per subject, taken in turns after one warm-up \
+             round; the median.",
+            ONE_WAY.as_millis()
+        ),
+        rows,
+    })
 }

@@ -5,7 +5,8 @@
 //!
 //! The scenarios, numbered as in the benchmark issue: 1 the router's direct data
 //! path, 5 memory and 7 scaling against other TLS terminators (`direct`), 4
-//! handshakes, full and resumed (`handshakes`); 2 the full chain's throughput and 3 set-up latency (`chain`);
+//! handshakes, full and resumed (`handshakes`); 2 the full chain's throughput and 3 set-up latency
+//! (`chain`; on loopback, and with the client at a distance through a delaying `relay`);
 //! 6 the filter's overhead, in requests/s and in Envoy's CPU per request (`filter`);
 //! 8 the WebSocket upload direction (masked) against download (`upload`).
 //!
@@ -21,6 +22,7 @@ pub mod filter;
 pub mod handshakes;
 pub mod measure;
 pub mod peers;
+pub mod relay;
 pub mod report;
 pub mod upload;
 
@@ -150,6 +152,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Vec<Scenario>> {
         let chains = chain::Chains::start(&backend, settings);
         scenarios.extend(chain::throughput(settings, &chains).await?);
         scenarios.extend(chain::latency(settings, &chains).await?);
+        scenarios.push(chain::latency_at_a_distance(settings, &chains).await?);
     }
     if settings.runs(Group::Handshakes) {
         scenarios.extend(handshakes::handshakes(settings, backend.echo).await?);

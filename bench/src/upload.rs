@@ -101,7 +101,8 @@ pub async fn websocket_upload(settings: &Settings, backend: &Backend) -> anyhow:
     }
     let mut runs = vec![Vec::new(); subjects.len()];
     // Round-robin over the subjects, so that a noisy moment hurts all alike.
-    for round in 0..settings.size(3, 1) {
+    // Five rounds: one transfer lasts half a second, and single ones swing.
+    for round in 0..settings.size(5, 1) {
         eprintln!(
             "measuring WebSocket upload against download, round {} ...",
             round + 1
@@ -145,7 +146,7 @@ pub async fn websocket_upload(settings: &Settings, backend: &Backend) -> anyhow:
              arrived is back). The clock starts after the tunnel is open. The WebSocket tunnels offer `alpn-ping, \
              alpn`, so they run as `websocket-ping`, as `alpn-tunnel`'s do. Raw `alpn` both ways is shown for \
              reference: it separates what the masking costs from what the direction costs. Subjects take turns; \
-             the median of three runs.",
+             the median of five runs.",
             bytes >> 20
         ),
         rows,

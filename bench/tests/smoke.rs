@@ -29,6 +29,7 @@ async fn every_scenario_runs_and_reports() {
             "chain-cpu",
             "latency-p50",
             "latency-p99",
+            "latency-distance-p50",
             "handshakes",
             "handshakes-resumed",
             "memory-1k",
@@ -72,7 +73,7 @@ async fn every_scenario_runs_and_reports() {
             );
         }
     }
-    let scaling = &scenarios[14];
+    let scaling = &scenarios[15];
     assert_eq!(
         scaling.rows.iter().map(|r| r.label()).collect::<Vec<_>>(),
         [
@@ -138,8 +139,8 @@ async fn every_scenario_runs_and_reports() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("latest.json")).unwrap())
             .unwrap();
-    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(16));
-    assert_eq!(json["scenarios"][14]["rows"][4]["group"], "16 tunnels");
+    assert_eq!(json["scenarios"].as_array().map(Vec::len), Some(17));
+    assert_eq!(json["scenarios"][15]["rows"][4]["group"], "16 tunnels");
 }
 
 /// A comparison run: the same router binary as its own baseline, so the code
@@ -172,6 +173,7 @@ async fn a_baseline_router_runs_next_to_the_current_one() {
             "chain-cpu",
             "latency-p50",
             "latency-p99",
+            "latency-distance-p50",
             "handshakes",
             "handshakes-resumed",
             "memory-1k",
