@@ -41,6 +41,8 @@ pub(crate) struct EarlyTls<S> {
     conn: ServerConnection,
     /// The transport gave end-of-file.
     eof: bool,
+    /// A read error that came after some bytes, for the next read.
+    error: Option<io::Error>,
 }
 
 /// `io` as `std::io`, `WouldBlock` for `Pending`.
@@ -101,6 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> EarlyTls<S> {
             io,
             conn,
             eof: false,
+            error: None,
         };
         if let Err(e) = processed {
             return Err(tls.failed(e).await);
@@ -201,12 +204,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> EarlyTls<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for EarlyTls<S> {
+    /// Fills `buf` with what has come in, as tokio-rustls does: one record
+    /// at least (waiting for it), then more while more is there without
+    /// waiting, so that a copy moves as much per write as its buffer holds.
+    /// An error after some bytes is kept for the next call.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        ready!(this.poll_read_some(cx, buf))?;
+        while buf.remaining() > 0 {
+            let had = buf.filled().len();
+            match this.poll_read_some(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() > had => {}
+                Poll::Ready(Ok(())) | Poll::Pending => break,
+                Poll::Ready(Err(e)) => {
+                    if buf.filled().len() == before {
+                        return Poll::Ready(Err(e));
+                    }
+                    this.error = Some(e);
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> EarlyTls<S> {
+    /// Reads what one record (or the early data) holds into `buf`, waiting
+    /// for it; nothing at the end.
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self;
         loop {
             let out = buf.initialize_unfilled();
             // Early data comes before any other record's data.
