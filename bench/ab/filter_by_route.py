@@ -14,13 +14,18 @@ from envoy/behind-l7.yaml (the composite one from e4e940f):
   composite (wave 1)     the filter behind the composite matcher (e4e940f)
 
 One Envoy (--concurrency 1) per variant, all at once in front of one nginx; each
-is checked alive and answering 200 before measuring. They take turns under wrk
--c16 for 5 s, ROUNDS rounds, the first Envoy of a round rotating each round.
+is checked alive and answering 200 before measuring, then warmed up (wrk 2 s). They
+take turns under wrk -c16 for 5 s, ROUNDS rounds, the first Envoy of a round rotating each round.
 CPU is the sum of the Envoy threads' schedstat run time (ns, not 10 ms ticks).
 Prints each round's figures, then the median CPU microseconds per request and
 the median of the per-round ratios to the baseline. Needs `make build`, nginx, wrk.
 
     python3 bench/ab/filter_by_route.py [ROUNDS] [VARIANT ...]
+    AB_SECONDS=1 python3 bench/ab/filter_by_route.py 80 'no filter' 'routes only' ...
+
+VARIANTs name a subset (the baseline always runs). AB_SECONDS (default 5) sets each
+turn's length: short turns and many rounds pair the variants closer in time, which
+helps when other work on the machine comes and goes.
 """
 import os, re, subprocess, sys, time, statistics, tempfile, signal, urllib.request
 ROOT=os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -81,7 +86,8 @@ try:
             sys.exit(f'variant {n!r} did not boot or answer 200 (exit {p.poll()}):\n'+open(f'{tmp}/{i}.log').read()[-3000:])
         st=get(f'http://127.0.0.1:{admin}/stats?filter=wasm.*(created|active)')[1].split()
         print(f'# {n:22s} pid {p.pid} port {port}: 200; {" ".join(st) or "no wasm stats"}', flush=True)
-    time.sleep(2)
+    for n,(p,port,admin) in envoys.items():  # warm-up, not measured
+        subprocess.run(['wrk','-t1','-c16','-d2s',f'http://127.0.0.1:{port}/index.html'],capture_output=True)
     def cpu(pid):
         # seconds on CPU of all the process's threads (schedstat: ns run time)
         t=0
@@ -91,16 +97,17 @@ try:
         return t/1e9
     res={n:[] for n in envoys}; rps={n:[] for n in envoys}
     rounds=int(sys.argv[1]) if len(sys.argv)>1 else 5
+    secs=int(os.environ.get('AB_SECONDS','5'))
     names=list(envoys)
     for r in range(rounds):
         for n in names[r%len(names):]+names[:r%len(names)]:
             p,port,admin=envoys[n]
             c0=cpu(p.pid)
-            out=subprocess.run(['wrk','-t1','-c16','-d5s',f'http://127.0.0.1:{port}/index.html'],capture_output=True,text=True).stdout
+            out=subprocess.run(['wrk','-t1','-c16',f'-d{secs}s',f'http://127.0.0.1:{port}/index.html'],capture_output=True,text=True).stdout
             c1=cpu(p.pid)
             m=re.search(r'(\d+) requests in',out); reqs=int(m.group(1))
             if 'Non-2xx' in out or p.poll() is not None: sys.exit(f'variant {n!r} failed under load:\n{out}')
-            res[n].append((c1-c0)*1e6/reqs); rps[n].append(reqs/5)
+            res[n].append((c1-c0)*1e6/reqs); rps[n].append(reqs/secs)
         print('round',r+1,{n:round(v[-1],2) for n,v in res.items()},'req/s',{n:round(v[-1]) for n,v in rps.items()},flush=True)
 finally:
     for p in procs: p.send_signal(signal.SIGTERM)
