@@ -731,7 +731,7 @@ async fn serve_tls<S: Finish>(
     note("alpn", &route.alpn);
     note("route", &label);
     note("tls", hs.kind());
-    router.metrics.handshake(listener, hs.metric_kind());
+    router.metrics.handshake(listener, hs.kind());
     router.metrics.connection(listener, conn.framing, &label);
     let started = Instant::now();
     let backend = match unless_closing!(

@@ -276,17 +276,8 @@ pub(crate) struct Handshake {
 }
 
 impl Handshake {
-    /// The kind of handshake, as the log says it.
+    /// The kind of handshake, as the log and the metric say it.
     pub(crate) fn kind(&self) -> &'static str {
-        match (self.resumed, self.early_data) {
-            (true, true) => "resumed-0rtt",
-            (true, false) => "resumed",
-            (false, _) => "full",
-        }
-    }
-
-    /// The kind of handshake, as the metric labels it.
-    pub(crate) fn metric_kind(&self) -> &'static str {
         match (self.resumed, self.early_data) {
             (true, true) => "resumed_0rtt",
             (true, false) => "resumed",

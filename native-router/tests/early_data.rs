@@ -67,7 +67,7 @@ fn full_exchange(router: &InProcessRouter, config: &Arc<ClientConfig>) -> bool {
 /// Tunnels opened with early data, by the router's log.
 fn zero_rtt_tunnels(log: &str) -> usize {
     log.lines()
-        .filter(|l| l.contains("tls=resumed-0rtt") && l.contains("tunnel open"))
+        .filter(|l| l.contains("tls=resumed_0rtt") && l.contains("tunnel open"))
         .count()
 }
 
@@ -150,7 +150,7 @@ async fn early_data_is_answered_before_the_clients_finished_and_cannot_be_replay
         assert_eq!(&back, b"after the handshake");
         conn.send_close_notify();
         conn.write_tls(&mut tcp).unwrap();
-        router.wait_for("tls=resumed-0rtt");
+        router.wait_for("tls=resumed_0rtt");
 
         // A replay of that ClientHello and its early data: the session was
         // taken, so the router offers a full handshake (which the replay
@@ -199,7 +199,7 @@ async fn a_route_without_early_data_issues_no_session_that_allows_it() {
         );
         assert!(full_exchange(&router, &client), "it resumes all the same");
         router.wait_for("tls=resumed");
-        assert!(!router.log().contains("resumed-0rtt"));
+        assert!(!router.log().contains("resumed_0rtt"));
     })
     .await
     .unwrap();
@@ -255,7 +255,7 @@ async fn a_pooled_tunnel_sends_the_applications_first_bytes_as_early_data() {
     }
     // The first tunnel has no session; the later ones resume with early data.
     assert_eq!(kinds, [false, true, true]);
-    router.wait_for("tls=resumed-0rtt");
+    router.wait_for("tls=resumed_0rtt");
     let started = Instant::now();
     while zero_rtt_tunnels(&router.log()) < 2 && started.elapsed() < DEADLINE {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -331,7 +331,7 @@ async fn a_client_certificate_route_with_early_data_still_requires_the_certifica
     })
     .await
     .unwrap();
-    router2.wait_for("tls=resumed-0rtt");
+    router2.wait_for("tls=resumed_0rtt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,7 +361,7 @@ async fn a_tunnel_that_began_with_early_data_carries_bulk_bytes_intact() {
         assert_eq!(total, data.len(), "round {round}");
         assert_eq!(hash, expected, "round {round}: the bytes came back intact");
     }
-    router.wait_for("tls=resumed-0rtt");
+    router.wait_for("tls=resumed_0rtt");
 }
 
 /// Says `hello\n` first (a server that speaks first), then echoes.
