@@ -71,7 +71,9 @@ fn envoy_bootstrap(router: &RouterProcess) -> Bootstrap {
     text = renamed(text, "upgrade_type: websocket", "upgrade_type: ws", 1);
     text = renamed(text, "/connectionupgrade", "/tunnel", 4);
     text = renamed(text, "(alpn|alpn-ping)", "(tcp|tcp-ping)", 1);
-    text = renamed(text, "x-alpn-upgrade", "x-tunnel-type", 1);
+    // The route that turns the filter on for the header, and the bootstrap's
+    // inline header of the same name.
+    text = renamed(text, "x-alpn-upgrade", "x-tunnel-type", 2);
     text = renamed(text, "alpn, alpn-ping, websocket", "tcp, tcp-ping, ws", 3);
     text = renamed(
         text,
